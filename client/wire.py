@@ -1,0 +1,188 @@
+"""Wire models of the HTTP contract (v1), shared by the service and the client.
+
+Only pydantic is imported here, so `rlme.client` stays light (no torch). The service
+validates requests with these models and answers with them; the client builds
+requests and parses answers with the same classes, so the two cannot drift apart.
+
+Limits that depend on the server's configuration (how many items, how long a text)
+are checked by the service, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class _Wire(BaseModel):
+    # NaN and Infinity are valid JSON for Python's parser; they are never a valid weight.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ChatMessage(_Wire):
+    role: Role
+    content: str
+
+
+class Item(_Wire):
+    """One (prompt, response) pair to be judged."""
+
+    prompt: str | list[ChatMessage] = Field(
+        description="The prompt the generator answered: plain text or a list of chat messages."
+    )
+    response: str = Field(description="The generator's response to judge.")
+    id: str | None = Field(default=None, description="Echoed back in the result.")
+    reference: str | None = Field(
+        default=None,
+        description="Ground truth or context. When given, the evaluator is shown it "
+        "before every question about this item.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, prompt: str | list[ChatMessage]) -> str | list[ChatMessage]:
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("a chat prompt needs at least one message")
+        return prompt
+
+
+class MetaQuestion(_Wire):
+    """A yes/no question the evaluator answers about each item."""
+
+    id: str = Field(min_length=1, max_length=128, description="Names the question in results.")
+    text: str = Field(min_length=1, description="The question, e.g. 'Is the answer correct?'")
+    weight: float = Field(
+        default=1.0,
+        description="w_k in r = sum v_j w_k log p_yes. Negative weights penalise a 'Yes'.",
+    )
+    requires_reference: bool = Field(
+        default=False, description="Reject items without a `reference` for this question."
+    )
+
+
+class EvaluatorChoice(_Wire):
+    name: str = Field(min_length=1, description="A configured evaluator (GET /v1/evaluators).")
+    weight: float = Field(default=1.0, ge=0.0, description="v_j in r = sum v_j w_k log p_yes.")
+
+
+class RewardRequest(_Wire):
+    items: list[Item] = Field(min_length=1, description="The (prompt, response) pairs to score.")
+    questions: list[MetaQuestion] | None = Field(
+        default=None, description="Inline meta-questions. Give these or `rubric`, not both."
+    )
+    rubric: str | None = Field(
+        default=None, description="A named server-side set of questions (GET /v1/rubrics)."
+    )
+    evaluators: list[EvaluatorChoice] | None = Field(
+        default=None, description="Evaluators and their weights; default: the default evaluator."
+    )
+
+    @model_validator(mode="after")
+    def _questions_xor_rubric(self) -> RewardRequest:
+        if self.questions is None and self.rubric is None:
+            raise ValueError("give either `questions` (a list) or `rubric` (a name)")
+        if self.questions is not None and self.rubric is not None:
+            raise ValueError("give either `questions` or `rubric`, not both")
+        if self.questions is not None:
+            if not self.questions:
+                raise ValueError("`questions` is empty; give at least one meta-question")
+            _no_duplicates([q.id for q in self.questions], "question id")
+        if self.evaluators is not None:
+            if not self.evaluators:
+                raise ValueError("`evaluators` is empty; leave it out to use the default")
+            _no_duplicates([e.name for e in self.evaluators], "evaluator name")
+        return self
+
+
+def _no_duplicates(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {what} {name!r}; each must be unique")
+        seen.add(name)
+
+
+class QuestionScore(BaseModel):
+    evaluator: str
+    question: str
+    p_yes: float = Field(description="P(yes) / (P(yes) + P(no)) over the label variants.")
+    logp_yes: float = Field(description="Full-vocabulary log-prob of the yes labels.")
+    logp_no: float = Field(description="Full-vocabulary log-prob of the no labels.")
+    weight: float = Field(description="The question's weight w_k.")
+    evaluator_weight: float = Field(default=1.0, description="The evaluator's weight v_j.")
+
+
+class ItemResult(BaseModel):
+    id: str | None
+    reward: float
+    scores: list[QuestionScore]
+
+
+class Usage(BaseModel):
+    evaluations: int
+    prompt_tokens: int
+    cached_prompt_tokens: int
+
+
+class RewardResponse(BaseModel):
+    rewards: list[float]
+    results: list[ItemResult]
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable, e.g. 'invalid_request', 'overloaded'.")
+    message: str = Field(description="What went wrong and what to do about it.")
+    retryable: bool = Field(description="Whether sending the same request again can help.")
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class EvaluatorInfo(BaseModel):
+    name: str
+    backend: str
+    model: str
+    loaded: bool
+    yes_tokens: list[str]
+    no_tokens: list[str]
+
+
+class EvaluatorList(BaseModel):
+    default: str
+    evaluators: list[EvaluatorInfo]
+
+
+class RubricInfo(BaseModel):
+    name: str
+    description: str
+    questions: list[MetaQuestion]
+
+
+class RubricList(BaseModel):
+    rubrics: list[RubricInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "error"]
+    evaluators: dict[str, str] = Field(description="Evaluator name -> 'ok', 'loading' or an error.")
+
+
+# OpenRLHF's remote reward model contract (`--remote_rm_url`): query = prompt + response.
+class OpenRLHFRewardRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    query: list[str] = Field(min_length=1)
+    prompts: list[str] | None = None
+    labels: list[str | None] | None = None
+
+
+class OpenRLHFRewardResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]

@@ -1,0 +1,57 @@
+"""The app factory: settings in, a FastAPI app out, evaluators loading in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from rlme.service.errors import install_error_handlers
+from rlme.service.evaluators import EvaluatorPool
+from rlme.service.metrics import Metrics
+from rlme.service.middleware import RequestContextMiddleware
+from rlme.service.routes import compat, info, rewards
+from rlme.service.scoring import RewardScorer
+from rlme.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+API_DESCRIPTION = """Rewards for RL of language models from an evaluator LLM's answers to
+natural-language meta-questions (RLME): `reward = sum_j sum_k v_j w_k log p_yes_jk`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.load()
+    metrics = Metrics()
+    # Built here so a bad evaluator config fails at start-up with its ValueError.
+    pool = EvaluatorPool(settings.evaluators, settings.cache_dir, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in the background: /health answers 503 until every evaluator is ready.
+        loading = asyncio.create_task(pool.load_all(), name="load-evaluators")
+        app.state.loading = loading
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await pool.stop()
+
+    app = FastAPI(title="rlme", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.pool = pool
+    app.state.scorer = RewardScorer(settings, pool, metrics)
+    install_error_handlers(app)
+    app.include_router(rewards.router)
+    app.include_router(compat.router)
+    app.include_router(info.router)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes
+    )
+    return app

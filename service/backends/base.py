@@ -1,0 +1,75 @@
+"""The evaluator backend protocol, and the data that crosses it.
+
+A backend turns token sequences into the log-probabilities of the Yes and No labels at
+the next position. Everything else (rendering, batching, rewards) happens outside it,
+so a new engine is one small class (LitServe's `LitAPI` is the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rlme.service.prompting import LabelTokens, Tokenizer
+
+
+@dataclass(frozen=True)
+class ScoringTask:
+    """All meta-questions of one item for one evaluator.
+
+    `sequences[k]` is the full token sequence for question k, and the first
+    `prefix_len` tokens are the same in all of them (0 < prefix_len < every length).
+    """
+
+    sequences: tuple[tuple[int, ...], ...]
+    prefix_len: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+    @property
+    def shared_tokens(self) -> int:
+        """Tokens not recomputed when the prefix is shared."""
+        return (len(self.sequences) - 1) * self.prefix_len
+
+    def split(self) -> list[ScoringTask]:
+        """One task per question, each scored from scratch."""
+        return [ScoringTask(sequences=(s,), prefix_len=len(s) - 1) for s in self.sequences]
+
+
+@dataclass(frozen=True)
+class LabelLogprobs:
+    """Full-vocabulary log-probs of the yes and no label variants (logsumexp over variants)."""
+
+    logp_yes: float
+    logp_no: float
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    scores: tuple[LabelLogprobs, ...]  # one per question, in order
+    cached_prompt_tokens: int
+
+
+class Backend(Protocol):
+    """What the service needs from an evaluator engine. Methods block; callers use threads."""
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+    @property
+    def labels(self) -> LabelTokens: ...
+    @property
+    def max_model_len(self) -> int: ...
+
+    def setup(self) -> None:
+        """Load weights and tokenizer; raise ValueError with a fix on bad configuration."""
+
+    def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        """Results in task order. Raises if the batch could not be scored."""
+        ...
+
+    def health(self) -> str:
+        """'ok', 'loading', or a message saying what is wrong."""
+        ...

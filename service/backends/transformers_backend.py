@@ -1,0 +1,198 @@
+"""Hugging Face transformers backend (CPU, or CUDA when present), in process.
+
+Prefix sharing without copying caches: an item's K questions are packed into one row,
+`prefix + suffix_1 + ... + suffix_K`, with a block attention mask (each suffix sees the
+prefix and itself, never another suffix) and position ids that restart after the prefix
+for every suffix. The prefix is computed once and its keys/values serve every question;
+the result equals scoring each question alone up to float rounding. The lm_head runs only
+at the last token of each suffix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlme.service.backends.base import LabelLogprobs, ScoringTask, TaskResult
+from rlme.service.model_store import resolve_model
+from rlme.service.prompting import LabelTokens, Tokenizer, label_tokens
+from rlme.service.settings import EvaluatorConfig
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TransformersBackend:
+    def __init__(self, config: EvaluatorConfig, cache_dir: Path) -> None:
+        self.config = config
+        self.cache_dir = cache_dir
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._labels: LabelTokens | None = None
+        self._max_model_len = 0
+        self._status = "loading"
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"evaluator {config.name!r}: device {device!r} but CUDA is not available")
+        self.device = torch.device(device)
+        if config.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = _DTYPES[config.dtype]
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._require(self._tokenizer)
+
+    @property
+    def labels(self) -> LabelTokens:
+        return self._require(self._labels)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def _require(self, value: Any) -> Any:
+        if value is None:
+            raise RuntimeError(f"evaluator {self.config.name!r} is not loaded yet")
+        return value
+
+    def setup(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            path = resolve_model(self.config.model, self.cache_dir)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            labels = label_tokens(tokenizer, self.config.yes_words, self.config.no_words)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=self.dtype, attn_implementation="sdpa"
+            )
+        except Exception as exc:
+            self._status = f"failed to load: {exc}"
+            raise
+        model.to(self.device).eval()
+        self._tokenizer, self._labels, self._model = tokenizer, labels, model
+        self._max_model_len = self.config.max_model_len or int(
+            getattr(model.config, "max_position_embeddings", 2048)
+        )
+        self._status = "ok"
+        log.info("evaluator %r loaded from %s on %s (%s)", self.config.name, path, self.device, self.dtype)
+
+    def health(self) -> str:
+        return self._status
+
+    @torch.inference_mode()
+    def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        model = self._require(self._model)
+        if not self.config.prefix_sharing:
+            return [self._score_split(task) for task in tasks]
+        results: list[TaskResult | None] = [None] * len(tasks)
+        for group in self._micro_batches(tasks):
+            for index, result in zip(group, self._score_packed(model, [tasks[i] for i in group])):
+                results[index] = result
+        return [r for r in results if r is not None]
+
+    def _score_split(self, task: ScoringTask) -> TaskResult:
+        parts = self._score_packed(self._model, task.split())
+        return TaskResult(scores=tuple(p.scores[0] for p in parts), cached_prompt_tokens=0)
+
+    def _micro_batches(self, tasks: Sequence[ScoringTask]) -> list[list[int]]:
+        """Group tasks of similar packed length so padding stays small."""
+        budget = self.config.batching.max_batch_tokens
+        order = sorted(range(len(tasks)), key=lambda i: _packed_len(tasks[i]))
+        groups: list[list[int]] = []
+        for index in order:
+            length = _packed_len(tasks[index])
+            if groups and (len(groups[-1]) + 1) * length <= budget:
+                groups[-1].append(index)
+            else:
+                groups.append([index])
+        return groups
+
+    def _score_packed(self, model: Any, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        rows = [_pack(task) for task in tasks]
+        width = max(len(row.tokens) for row in rows)
+        pad_id = 0
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, N)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (B, N)
+        segments = torch.full((len(rows), width), -1, dtype=torch.long)  # (B, N); -1 = padding
+        for b, row in enumerate(rows):
+            n = len(row.tokens)
+            input_ids[b, :n] = torch.tensor(row.tokens)
+            position_ids[b, :n] = torch.tensor(row.positions)
+            segments[b, :n] = torch.tensor(row.segments)
+        mask = _block_mask(segments).to(self.device)  # (B, 1, N, N)
+        decoder = model.get_decoder()
+        hidden = decoder(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask,
+            position_ids=position_ids.to(self.device),
+            use_cache=False,
+        ).last_hidden_state  # (B, N, H)
+        row_index = torch.tensor([b for b, row in enumerate(rows) for _ in row.answer_at])
+        col_index = torch.tensor([c for row in rows for c in row.answer_at])
+        logits = model.get_output_embeddings()(hidden[row_index, col_index])  # (R, V)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        labels = self.labels
+        logp_yes = torch.logsumexp(logprobs[:, list(labels.yes_ids)], dim=-1).tolist()
+        logp_no = torch.logsumexp(logprobs[:, list(labels.no_ids)], dim=-1).tolist()
+        results, r = [], 0
+        for task in tasks:
+            k = len(task.sequences)
+            scores = tuple(LabelLogprobs(logp_yes[r + i], logp_no[r + i]) for i in range(k))
+            results.append(TaskResult(scores=scores, cached_prompt_tokens=task.shared_tokens))
+            r += k
+        return results
+
+
+class _PackedRow:
+    __slots__ = ("tokens", "positions", "segments", "answer_at")
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.positions: list[int] = []
+        self.segments: list[int] = []  # 0 = shared prefix, k+1 = suffix of question k
+        self.answer_at: list[int] = []  # index of each question's last token
+
+
+def _pack(task: ScoringTask) -> _PackedRow:
+    row = _PackedRow()
+    p = task.prefix_len
+    row.tokens.extend(task.sequences[0][:p])
+    row.positions.extend(range(p))
+    row.segments.extend([0] * p)
+    for k, sequence in enumerate(task.sequences):
+        suffix = sequence[p:]
+        row.tokens.extend(suffix)
+        row.positions.extend(range(p, p + len(suffix)))
+        row.segments.extend([k + 1] * len(suffix))
+        row.answer_at.append(len(row.tokens) - 1)
+    return row
+
+
+def _packed_len(task: ScoringTask) -> int:
+    return task.prefix_len + sum(len(s) - task.prefix_len for s in task.sequences)
+
+
+def _block_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, 1, N, N) mask, True where query i may attend key j.
+
+    Causal, and a key is visible if it is in the shared prefix or in the query's own
+    suffix. Padding attends only to itself so no row of the softmax is empty (an empty
+    row gives NaN, which would then flow into the padding's keys and values).
+    """
+    n = segments.shape[1]
+    causal = torch.ones((n, n), dtype=torch.bool).tril()  # (N, N)
+    query = segments[:, :, None]  # (B, N, 1)
+    key = segments[:, None, :]  # (B, 1, N)
+    visible = ((key == 0) | (key == query)) & (key >= 0) & causal
+    eye = torch.eye(n, dtype=torch.bool)[None]
+    visible = visible | (eye & (query < 0))
+    return visible[:, None]

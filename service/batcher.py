@@ -1,0 +1,176 @@
+"""One dynamic batcher per evaluator: work from all concurrent requests, one engine.
+
+Callers `submit()` a ScoringTask (one item's questions) and await its result. A worker
+takes the first queued task, waits up to `max_wait_ms` for company, and flushes when the
+batch reaches `max_batch_evaluations` or the next task would pass `max_batch_tokens`.
+The backend runs in a worker thread so the event loop keeps accepting requests.
+
+Admission is bounded: beyond `max_queue_evaluations` queued evaluations, `submit`
+raises Overloaded (429). A task still queued past its deadline is failed with
+DeadlineExceeded (504) instead of being scored for a caller who has given up. If a batch
+fails, its tasks are retried one by one so one bad item fails only its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rlme.service.backends.base import Backend, ScoringTask, TaskResult
+from rlme.service.errors import DeadlineExceeded, Overloaded, ServiceStopping
+from rlme.service.settings import BatchingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    task: ScoringTask
+    future: asyncio.Future[TaskResult]
+    enqueued_at: float
+    deadline: float
+    evaluations: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.evaluations = len(self.task.sequences)
+
+
+BatchObserver = Callable[[int, int, float], None]  # (evaluations, tasks, seconds)
+
+
+class Batcher:
+    def __init__(
+        self,
+        name: str,
+        backend: Backend,
+        config: BatchingConfig,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.backend = backend
+        self.config = config
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._carry: Pending | None = None  # took from the queue, did not fit the last batch
+        self.queued_evaluations = 0
+        self._worker: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop accepting work; fail what is still queued, finish the running batch."""
+        self._stopping = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for pending in self._drain():
+            if not pending.future.done():
+                pending.future.set_exception(ServiceStopping())
+
+    def _drain(self) -> list[Pending]:
+        drained = [self._carry] if self._carry else []
+        self._carry = None
+        while not self._queue.empty():
+            drained.append(self._queue.get_nowait())
+        return drained
+
+    def retry_after_s(self) -> float:
+        """A rough time for the queue to halve, for Retry-After."""
+        return max(1.0, min(30.0, self.queued_evaluations / max(1, self.config.max_batch_evaluations)))
+
+    async def submit(self, task: ScoringTask, deadline: float) -> TaskResult:
+        if self._stopping:
+            raise ServiceStopping()
+        evaluations = len(task.sequences)
+        if self.queued_evaluations + evaluations > self.config.max_queue_evaluations:
+            raise Overloaded(
+                f"evaluator {self.name!r} has {self.queued_evaluations} evaluations queued "
+                f"(limit {self.config.max_queue_evaluations})",
+                retry_after_s=self.retry_after_s(),
+            )
+        future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        pending = Pending(task=task, future=future, enqueued_at=time.monotonic(), deadline=deadline)
+        self.queued_evaluations += evaluations
+        self._queue.put_nowait(pending)
+        return await future
+
+    async def _next(self, timeout: float | None) -> Pending | None:
+        if self._carry is not None:
+            pending, self._carry = self._carry, None
+            return pending
+        if timeout is None:
+            return await self._queue.get()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout=max(timeout, 0))
+        except TimeoutError:
+            return None
+
+    async def _collect(self) -> list[Pending]:
+        first = await self._next(None)
+        assert first is not None
+        batch, evaluations, tokens = [first], first.evaluations, first.task.prompt_tokens
+        flush_at = time.monotonic() + self.config.max_wait_ms / 1000
+        while evaluations < self.config.max_batch_evaluations:
+            pending = await self._next(flush_at - time.monotonic())
+            if pending is None:
+                break
+            too_many = evaluations + pending.evaluations > self.config.max_batch_evaluations
+            too_long = tokens + pending.task.prompt_tokens > self.config.max_batch_tokens
+            if too_many or too_long:
+                self._carry = pending
+                break
+            batch.append(pending)
+            evaluations += pending.evaluations
+            tokens += pending.task.prompt_tokens
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            self.queued_evaluations -= sum(p.evaluations for p in batch)
+            now = time.monotonic()
+            live = []
+            for pending in batch:
+                if pending.future.done():  # the caller went away
+                    continue
+                if now > pending.deadline:
+                    pending.future.set_exception(DeadlineExceeded(now - pending.enqueued_at))
+                    continue
+                live.append(pending)
+            if live:
+                await self._score(live)
+
+    async def _score(self, batch: list[Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self.backend.score, [p.task for p in batch])
+        except Exception as exc:  # isolate the bad item: score each task on its own
+            if len(batch) == 1:
+                log.warning("evaluator %r failed a task: %s", self.name, exc)
+                _settle(batch[0], exc)
+                return
+            log.warning("evaluator %r failed a batch of %d; retrying one by one", self.name, len(batch))
+            for pending in batch:
+                await self._score([pending])
+            return
+        if self.on_batch is not None:
+            evaluations = sum(p.evaluations for p in batch)
+            self.on_batch(evaluations, len(batch), time.perf_counter() - started)
+        for pending, result in zip(batch, results, strict=True):
+            _settle(pending, result)
+
+
+def _settle(pending: Pending, outcome: TaskResult | BaseException) -> None:
+    if pending.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        pending.future.set_exception(outcome)
+    else:
+        pending.future.set_result(outcome)

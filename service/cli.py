@@ -1,0 +1,127 @@
+"""The `rlme` command: serve, score once, prepare the embedded model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="rlme: rewards from meta-evaluation.")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (else $RLME_CONFIG).")
+]
+
+
+def _settings(config: Path | None, model: str | None = None, **overrides: object):  # type: ignore[no-untyped-def]
+    from rlme.service.settings import Settings
+
+    settings = Settings.load(config, **overrides)
+    if model is not None:
+        first = settings.evaluators[0].model_copy(update={"model": model})
+        settings = settings.model_copy(update={"evaluators": [first, *settings.evaluators[1:]]})
+    return settings
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Default 127.0.0.1.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default 8000.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model of the first evaluator: 'embedded', a folder or .gguf.")
+    ] = None,
+) -> None:
+    """Run the reward service."""
+    import uvicorn
+
+    from rlme.service.app import create_app
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = _settings(config, model, **overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@app.command()
+def score(
+    prompt: Annotated[str, typer.Option(help="The prompt the response answers.")],
+    response: Annotated[str, typer.Option(help="The response to judge.")],
+    question: Annotated[
+        list[str] | None, typer.Option(help="A meta-question; repeat for several.")
+    ] = None,
+    rubric: Annotated[str | None, typer.Option(help="A rubric name instead of --question.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Ground truth or context.")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Score on a running service instead of loading a model here.")
+    ] = None,
+    config: ConfigOption = None,
+    model: Annotated[str | None, typer.Option(help="Evaluator model (in-process only).")] = None,
+) -> None:
+    """Score one (prompt, response) and print p_yes per question and the reward as JSON."""
+    from rlme.client.wire import MetaQuestion, RewardRequest
+
+    questions = None
+    if question:
+        questions = [MetaQuestion(id=f"q{i + 1}", text=text) for i, text in enumerate(question)]
+    elif rubric is None:
+        rubric = "correctness"
+    request = RewardRequest(
+        items=[{"prompt": prompt, "response": response, "reference": reference}],  # type: ignore[list-item]
+        questions=questions,
+        rubric=rubric,
+    )
+    if url is not None:
+        from rlme.client import RewardClient
+
+        with RewardClient(base_url=url) as client:
+            result = client.rewards(request.items, questions=request.questions, rubric=request.rubric)
+    else:
+        result = _score_in_process(_settings(config, model), request)
+    typer.echo(json.dumps(result.model_dump(), indent=2))
+
+
+def _score_in_process(settings, request):  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import httpx
+
+    from rlme.client.wire import RewardResponse
+    from rlme.service.app import create_app
+
+    async def run() -> RewardResponse:
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            await app.state.loading
+            if not app.state.pool.ready:
+                raise typer.BadParameter("the evaluator failed to load; see the log above")
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://rlme") as client:
+                answer = await client.post("/v1/rewards", content=request.model_dump_json(exclude_none=True))
+                if answer.status_code != 200:
+                    raise typer.BadParameter(answer.text)
+                return RewardResponse.model_validate(answer.json())
+
+    return asyncio.run(run())
+
+
+@app.command()
+def prepare(config: ConfigOption = None) -> None:
+    """Convert configured GGUF models (the embedded one included) into the cache once."""
+    from rlme.service.model_store import resolve_model
+
+    settings = _settings(config)
+    for evaluator in settings.evaluators:
+        path = resolve_model(evaluator.model, settings.cache_dir)
+        typer.echo(f"{evaluator.name}: {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Prometheus metrics, on a registry per app so several apps (tests) never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_latency = Histogram(
+            "rlme_request_latency_seconds", "HTTP request latency.", ["route", "status"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "rlme_queue_evaluations", "Evaluations waiting in the batcher.", ["evaluator"], registry=r
+        )
+        self.batch_evaluations = Histogram(
+            "rlme_batch_evaluations", "Evaluations per engine batch.", ["evaluator"],
+            buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "rlme_batch_seconds", "Engine time per batch.", ["evaluator"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.evaluations = Counter(
+            "rlme_evaluations", "Evaluations scored (rate() gives evaluations/s).", ["evaluator"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "rlme_prompt_tokens", "Prompt tokens scored.", ["evaluator"], registry=r
+        )
+        self.cached_prompt_tokens = Counter(
+            "rlme_cached_prompt_tokens", "Prompt tokens served from a shared prefix.", ["evaluator"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "rlme_rejected_requests", "Requests answered with an error.", ["code"], registry=r
+        )

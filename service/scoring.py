@@ -1,0 +1,206 @@
+"""From a validated RewardRequest to rewards: resolve, check limits, tokenize, batch, sum.
+
+Each (evaluator, item) becomes one ScoringTask carrying all of the item's questions, so
+the backend can share the item's prefix across them. Tasks from every concurrent request
+meet in the evaluator's batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+from rlme.client.wire import (
+    EvaluatorChoice,
+    Item,
+    ItemResult,
+    MetaQuestion,
+    QuestionScore,
+    RewardRequest,
+    RewardResponse,
+    Usage,
+)
+from rlme.service.backends.base import ScoringTask, TaskResult
+from rlme.service.errors import (
+    EvaluatorFailed,
+    InvalidRequest,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+)
+from rlme.service.evaluators import Evaluator, EvaluatorPool
+from rlme.service.metrics import Metrics
+from rlme.service.prompting import common_prefix_len, encode, render
+from rlme.service.reward_math import log_p_yes, weighted_reward
+from rlme.service.settings import Settings
+
+# Rendering many items blocks the event loop; above this many texts, use a thread.
+_INLINE_RENDER_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    questions: list[MetaQuestion]
+    evaluators: list[tuple[Evaluator, float]]
+
+
+class RewardScorer:
+    def __init__(self, settings: Settings, pool: EvaluatorPool, metrics: Metrics) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.metrics = metrics
+
+    def plan(self, request: RewardRequest) -> Plan:
+        """Check the request against this server's rubrics, evaluators and limits."""
+        limits = self.settings.limits
+        if len(request.items) > limits.max_items:
+            raise PayloadTooLarge(
+                f"{len(request.items)} items; at most {limits.max_items} per request "
+                "(split the batch; the rlme client does this for you)"
+            )
+        questions = self._questions(request)
+        if len(questions) > limits.max_questions:
+            raise PayloadTooLarge(f"{len(questions)} questions; at most {limits.max_questions}")
+        evaluators = self._evaluators(request.evaluators)
+        if all(w * q.weight == 0 for _, w in evaluators for q in questions):
+            raise InvalidRequest("every evaluator or question weight is zero; rewards would all be 0")
+        needs_reference = [q.id for q in questions if q.requires_reference]
+        for i, item in enumerate(request.items):
+            self._check_item(i, item, needs_reference)
+        return Plan(questions=questions, evaluators=evaluators)
+
+    def _questions(self, request: RewardRequest) -> list[MetaQuestion]:
+        if request.questions is not None:
+            return request.questions
+        rubrics = self.settings.all_rubrics()
+        assert request.rubric is not None
+        rubric = rubrics.get(request.rubric)
+        if rubric is None:
+            raise InvalidRequest(
+                f"unknown rubric {request.rubric!r}; available: {sorted(rubrics)} (GET /v1/rubrics)"
+            )
+        return rubric.questions
+
+    def _evaluators(self, choices: list[EvaluatorChoice] | None) -> list[tuple[Evaluator, float]]:
+        if choices is None:
+            choices = [EvaluatorChoice(name=self.settings.default_evaluator_name)]
+        chosen = []
+        for choice in choices:
+            evaluator = self.pool.get(choice.name)
+            if evaluator is None:
+                raise InvalidRequest(
+                    f"unknown evaluator {choice.name!r}; available: "
+                    f"{sorted(self.pool.evaluators)} (GET /v1/evaluators)"
+                )
+            if not evaluator.loaded:
+                raise NotReady(f"evaluator {choice.name!r} is {evaluator.status()}")
+            chosen.append((evaluator, choice.weight))
+        return chosen
+
+    def _check_item(self, index: int, item: Item, needs_reference: list[str]) -> None:
+        limit = self.settings.limits.max_text_chars
+        texts = {"response": item.response, "reference": item.reference or ""}
+        if isinstance(item.prompt, str):
+            texts["prompt"] = item.prompt
+        else:
+            texts["prompt"] = "".join(m.content for m in item.prompt)
+        for field, text in texts.items():
+            if len(text) > limit:
+                raise PayloadTooLarge(
+                    f"items.{index}.{field} has {len(text)} characters; at most {limit}"
+                )
+        if needs_reference and item.reference is None:
+            raise InvalidRequest(
+                f"items.{index} has no `reference`, which questions {needs_reference} require"
+            )
+
+    def tasks_for(self, evaluator: Evaluator, items: list[Item], questions: list[MetaQuestion]) -> list[ScoringTask]:
+        backend = evaluator.backend
+        tokenizer, system = backend.tokenizer, evaluator.config.system_prompt
+        tasks = []
+        for i, item in enumerate(items):
+            sequences = tuple(
+                tuple(encode(tokenizer, render(tokenizer, system, item, q))) for q in questions
+            )
+            longest = max(len(s) for s in sequences)
+            if longest > backend.max_model_len:
+                raise PayloadTooLarge(
+                    f"items.{i} needs {longest} tokens with evaluator {evaluator.name!r}, "
+                    f"whose limit is {backend.max_model_len}; shorten the prompt or response"
+                )
+            shortest = min(len(s) for s in sequences)
+            # Keep at least one token per question after the prefix: its logits are the answer.
+            prefix_len = min(common_prefix_len(sequences), shortest - 1)
+            tasks.append(ScoringTask(sequences=sequences, prefix_len=prefix_len))
+        return tasks
+
+    async def score(self, request: RewardRequest) -> RewardResponse:
+        plan = self.plan(request)
+        deadline = time.monotonic() + self.settings.limits.request_timeout_s
+        texts = len(request.items) * len(plan.questions)
+        per_evaluator: list[list[ScoringTask]] = []
+        for evaluator, _ in plan.evaluators:
+            if texts > _INLINE_RENDER_LIMIT:
+                tasks = await asyncio.to_thread(self.tasks_for, evaluator, request.items, plan.questions)
+            else:
+                tasks = self.tasks_for(evaluator, request.items, plan.questions)
+            per_evaluator.append(tasks)
+        submissions = [
+            evaluator.batcher.submit(task, deadline)
+            for (evaluator, _), tasks in zip(plan.evaluators, per_evaluator)
+            for task in tasks
+        ]
+        outcomes = await asyncio.gather(*submissions, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, ServiceError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                raise EvaluatorFailed(f"the evaluator failed on this request: {outcome}") from outcome
+        results: list[TaskResult] = [o for o in outcomes if isinstance(o, TaskResult)]
+        return self._assemble(request, plan, per_evaluator, results)
+
+    def _assemble(
+        self,
+        request: RewardRequest,
+        plan: Plan,
+        per_evaluator: list[list[ScoringTask]],
+        results: list[TaskResult],
+    ) -> RewardResponse:
+        n = len(request.items)
+        floor = self.settings.reward.logp_floor
+        scores: list[list[QuestionScore]] = [[] for _ in range(n)]
+        terms: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
+        usage = Usage(evaluations=0, prompt_tokens=0, cached_prompt_tokens=0)
+        for j, ((evaluator, v), tasks) in enumerate(zip(plan.evaluators, per_evaluator)):
+            for i, (task, result) in enumerate(zip(tasks, results[j * n : (j + 1) * n])):
+                usage.evaluations += len(task.sequences)
+                usage.prompt_tokens += task.prompt_tokens
+                usage.cached_prompt_tokens += result.cached_prompt_tokens
+                for question, label in zip(plan.questions, result.scores):
+                    logp = log_p_yes(label.logp_yes, label.logp_no)
+                    terms[i].append((v, question.weight, logp))
+                    scores[i].append(
+                        QuestionScore(
+                            evaluator=evaluator.name,
+                            question=question.id,
+                            p_yes=math.exp(logp),
+                            logp_yes=label.logp_yes,
+                            logp_no=label.logp_no,
+                            weight=question.weight,
+                            evaluator_weight=v,
+                        )
+                    )
+            self.metrics.evaluations.labels(evaluator.name).inc(sum(len(t.sequences) for t in tasks))
+            self.metrics.prompt_tokens.labels(evaluator.name).inc(sum(t.prompt_tokens for t in tasks))
+            self.metrics.cached_prompt_tokens.labels(evaluator.name).inc(
+                sum(r.cached_prompt_tokens for r in results[j * n : (j + 1) * n])
+            )
+        item_results = [
+            ItemResult(id=item.id, reward=weighted_reward(terms[i], floor), scores=scores[i])
+            for i, item in enumerate(request.items)
+        ]
+        return RewardResponse(
+            rewards=[r.reward for r in item_results], results=item_results, usage=usage
+        )

