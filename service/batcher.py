@@ -58,18 +58,21 @@ class Batcher:
         self._carry: Pending | None = None  # took from the queue, did not fit the last batch
         self.queued_evaluations = 0
         self._worker: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Future[None] | None = None
         self._stopping = False
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
-        """Stop accepting work; fail what is still queued, finish the running batch."""
+        """Stop accepting work; finish the batch in the engine, fail what is still queued."""
         self._stopping = True
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        if self._in_flight is not None:
+            await self._in_flight
         for pending in self._drain():
             if not pending.future.done():
                 pending.future.set_exception(ServiceStopping())
@@ -145,7 +148,10 @@ class Batcher:
                     continue
                 live.append(pending)
             if live:
-                await self._score(live)
+                # Shielded: stopping the worker must not abandon a batch already accepted.
+                self._in_flight = asyncio.ensure_future(self._score(live))
+                await asyncio.shield(self._in_flight)
+                self._in_flight = None
 
     async def _score(self, batch: list[Pending]) -> None:
         started = time.perf_counter()

@@ -42,7 +42,9 @@ def serve(
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(config, model, **overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
@@ -50,9 +52,7 @@ def serve(
 def score(
     prompt: Annotated[str, typer.Option(help="The prompt the response answers.")],
     response: Annotated[str, typer.Option(help="The response to judge.")],
-    question: Annotated[
-        list[str] | None, typer.Option(help="A meta-question; repeat for several.")
-    ] = None,
+    question: Annotated[list[str] | None, typer.Option(help="A meta-question; repeat for several.")] = None,
     rubric: Annotated[str | None, typer.Option(help="A rubric name instead of --question.")] = None,
     reference: Annotated[str | None, typer.Option(help="Ground truth or context.")] = None,
     url: Annotated[
@@ -100,7 +100,8 @@ def _score_in_process(settings, request):  # type: ignore[no-untyped-def]
                 raise typer.BadParameter("the evaluator failed to load; see the log above")
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://rlme") as client:
-                answer = await client.post("/v1/rewards", content=request.model_dump_json(exclude_none=True))
+                body = request.model_dump(mode="json", exclude_none=True)
+                answer = await client.post("/v1/rewards", json=body)
                 if answer.status_code != 200:
                     raise typer.BadParameter(answer.text)
                 return RewardResponse.model_validate(answer.json())

@@ -100,9 +100,7 @@ def error_response(
     retry_after_s: float | None = None,
 ) -> JSONResponse:
     body = ErrorBody(
-        error=ErrorDetail(
-            code=code, message=message, retryable=retryable, request_id=request_id_of(request)
-        )
+        error=ErrorDetail(code=code, message=message, retryable=retryable, request_id=request_id_of(request))
     )
     headers = {"Retry-After": str(math.ceil(retry_after_s))} if retry_after_s is not None else None
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
@@ -138,6 +136,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request %s: unexpected error", request_id_of(request))
-        return error_response(
-            request, 500, "internal_error", f"unexpected error: {type(exc).__name__}", True
-        )
+        return error_response(request, 500, "internal_error", f"unexpected error: {type(exc).__name__}", True)

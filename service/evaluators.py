@@ -54,9 +54,7 @@ class Evaluator:
 
 class EvaluatorPool:
     def __init__(self, configs: list[EvaluatorConfig], cache_dir: Path, metrics: Metrics) -> None:
-        self.evaluators = {
-            c.name: Evaluator(c, build_backend(c, cache_dir), metrics) for c in configs
-        }
+        self.evaluators = {c.name: Evaluator(c, build_backend(c, cache_dir), metrics) for c in configs}
 
     def get(self, name: str) -> Evaluator | None:
         return self.evaluators.get(name)

@@ -13,29 +13,40 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.request_latency = Histogram(
-            "rlme_request_latency_seconds", "HTTP request latency.", ["route", "status"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "rlme_request_latency_seconds",
+            "HTTP request latency.",
+            ["route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge(
             "rlme_queue_evaluations", "Evaluations waiting in the batcher.", ["evaluator"], registry=r
         )
         self.batch_evaluations = Histogram(
-            "rlme_batch_evaluations", "Evaluations per engine batch.", ["evaluator"],
-            buckets=_BATCH_BUCKETS, registry=r,
-        )
-        self.batch_seconds = Histogram(
-            "rlme_batch_seconds", "Engine time per batch.", ["evaluator"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.evaluations = Counter(
-            "rlme_evaluations", "Evaluations scored (rate() gives evaluations/s).", ["evaluator"],
+            "rlme_batch_evaluations",
+            "Evaluations per engine batch.",
+            ["evaluator"],
+            buckets=_BATCH_BUCKETS,
             registry=r,
         )
-        self.prompt_tokens = Counter(
-            "rlme_prompt_tokens", "Prompt tokens scored.", ["evaluator"], registry=r
+        self.batch_seconds = Histogram(
+            "rlme_batch_seconds",
+            "Engine time per batch.",
+            ["evaluator"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
+        self.evaluations = Counter(
+            "rlme_evaluations",
+            "Evaluations scored (rate() gives evaluations/s).",
+            ["evaluator"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter("rlme_prompt_tokens", "Prompt tokens scored.", ["evaluator"], registry=r)
         self.cached_prompt_tokens = Counter(
-            "rlme_cached_prompt_tokens", "Prompt tokens served from a shared prefix.", ["evaluator"],
+            "rlme_cached_prompt_tokens",
+            "Prompt tokens served from a shared prefix.",
+            ["evaluator"],
             registry=r,
         )
         self.rejected = Counter(

@@ -71,9 +71,7 @@ class RequestContextMiddleware:
             await _reject_too_large(send, request_id, limit)
         finally:
             route = _route_of(scope)
-            self.metrics.request_latency.labels(route, str(status)).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.request_latency.labels(route, str(status)).observe(time.perf_counter() - started)
             if status >= 400:
                 self.metrics.rejected.labels(str(status)).inc()
 

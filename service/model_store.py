@@ -47,9 +47,7 @@ def resolve_model(model: str, cache_dir: Path) -> Path:
         return _converted(path, cache_dir, path.stem)
     if path.is_dir() and (path / "config.json").is_file():
         return path
-    raise ValueError(
-        f"model {model!r} is neither 'embedded', a .gguf file, nor a folder with config.json"
-    )
+    raise ValueError(f"model {model!r} is neither 'embedded', a .gguf file, nor a folder with config.json")
 
 
 def _converted(gguf: Path, cache_dir: Path, name: str) -> Path:
@@ -78,9 +76,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantised = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = quantised.config
     # The weights are de-quantised already; a config that still says GGUF would make
     # from_pretrained look for a GGUF file again.

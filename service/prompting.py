@@ -86,7 +86,9 @@ class LabelTokens:
 
 
 def _variants(word: str) -> list[str]:
-    forms = dict.fromkeys([word, word.lower(), word.capitalize(), word.upper()])
+    # No all-caps forms: "NO" is one token where "YES" is two in many vocabularies,
+    # which would give one label more variants than the other.
+    forms = dict.fromkeys([word, word.lower(), word.capitalize()])
     return [v for form in forms for v in (form, " " + form)]
 
 

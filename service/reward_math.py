@@ -1,7 +1,7 @@
 """The arithmetic of RLME rewards, as small pure functions.
 
-    p_yes  = P(yes) / (P(yes) + P(no))      (each summed over the label's token variants)
-    reward = sum_j sum_k v_j * w_k * max(log p_yes_jk, floor)
+p_yes  = P(yes) / (P(yes) + P(no))      (each summed over the label's token variants)
+reward = sum_j sum_k v_j * w_k * max(log p_yes_jk, floor)
 """
 
 from __future__ import annotations

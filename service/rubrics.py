@@ -15,9 +15,7 @@ LOGICAL = MetaQuestion(
     id="logical",
     text="Does the whole solution logically lead from the question to an answer?",
 )
-LENGTH = MetaQuestion(
-    id="length", text="Is the length of the response between 200 and 500 characters?"
-)
+LENGTH = MetaQuestion(id="length", text="Is the length of the response between 200 and 500 characters?")
 SUPPORTED = MetaQuestion(
     id="supported",
     text="Is the answer supported by the context, regardless of whether it seems right or wrong?",

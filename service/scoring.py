@@ -108,22 +108,20 @@ class RewardScorer:
             texts["prompt"] = "".join(m.content for m in item.prompt)
         for field, text in texts.items():
             if len(text) > limit:
-                raise PayloadTooLarge(
-                    f"items.{index}.{field} has {len(text)} characters; at most {limit}"
-                )
+                raise PayloadTooLarge(f"items.{index}.{field} has {len(text)} characters; at most {limit}")
         if needs_reference and item.reference is None:
             raise InvalidRequest(
                 f"items.{index} has no `reference`, which questions {needs_reference} require"
             )
 
-    def tasks_for(self, evaluator: Evaluator, items: list[Item], questions: list[MetaQuestion]) -> list[ScoringTask]:
+    def tasks_for(
+        self, evaluator: Evaluator, items: list[Item], questions: list[MetaQuestion]
+    ) -> list[ScoringTask]:
         backend = evaluator.backend
         tokenizer, system = backend.tokenizer, evaluator.config.system_prompt
         tasks = []
         for i, item in enumerate(items):
-            sequences = tuple(
-                tuple(encode(tokenizer, render(tokenizer, system, item, q))) for q in questions
-            )
+            sequences = tuple(tuple(encode(tokenizer, render(tokenizer, system, item, q))) for q in questions)
             longest = max(len(s) for s in sequences)
             if longest > backend.max_model_len:
                 raise PayloadTooLarge(
@@ -149,7 +147,7 @@ class RewardScorer:
             per_evaluator.append(tasks)
         submissions = [
             evaluator.batcher.submit(task, deadline)
-            for (evaluator, _), tasks in zip(plan.evaluators, per_evaluator)
+            for (evaluator, _), tasks in zip(plan.evaluators, per_evaluator, strict=True)
             for task in tasks
         ]
         outcomes = await asyncio.gather(*submissions, return_exceptions=True)
@@ -173,12 +171,12 @@ class RewardScorer:
         scores: list[list[QuestionScore]] = [[] for _ in range(n)]
         terms: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
         usage = Usage(evaluations=0, prompt_tokens=0, cached_prompt_tokens=0)
-        for j, ((evaluator, v), tasks) in enumerate(zip(plan.evaluators, per_evaluator)):
-            for i, (task, result) in enumerate(zip(tasks, results[j * n : (j + 1) * n])):
+        for j, ((evaluator, v), tasks) in enumerate(zip(plan.evaluators, per_evaluator, strict=True)):
+            for i, (task, result) in enumerate(zip(tasks, results[j * n : (j + 1) * n], strict=True)):
                 usage.evaluations += len(task.sequences)
                 usage.prompt_tokens += task.prompt_tokens
                 usage.cached_prompt_tokens += result.cached_prompt_tokens
-                for question, label in zip(plan.questions, result.scores):
+                for question, label in zip(plan.questions, result.scores, strict=True):
                     logp = log_p_yes(label.logp_yes, label.logp_no)
                     terms[i].append((v, question.weight, logp))
                     scores[i].append(
@@ -201,6 +199,4 @@ class RewardScorer:
             ItemResult(id=item.id, reward=weighted_reward(terms[i], floor), scores=scores[i])
             for i, item in enumerate(request.items)
         ]
-        return RewardResponse(
-            rewards=[r.reward for r in item_results], results=item_results, usage=usage
-        )
+        return RewardResponse(rewards=[r.reward for r in item_results], results=item_results, usage=usage)

@@ -140,6 +140,8 @@ class Settings(BaseSettings):
         if path is not None and not Path(path).is_file():
             raise ValueError(f"config file {path} does not exist")
         from_file = type(
-            "Settings", (cls,), {"model_config": SettingsConfigDict(**{**cls.model_config, "yaml_file": path})}
+            "Settings",
+            (cls,),
+            {"model_config": SettingsConfigDict(**{**cls.model_config, "yaml_file": path})},
         )
         return from_file(**overrides)  # type: ignore[no-any-return]

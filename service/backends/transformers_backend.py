@@ -69,15 +69,13 @@ class TransformersBackend:
 
         try:
             path = resolve_model(self.config.model, self.cache_dir)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer: Any = AutoTokenizer.from_pretrained(path)
             labels = label_tokens(tokenizer, self.config.yes_words, self.config.no_words)
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=self.dtype, attn_implementation="sdpa"
-            )
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, attn_implementation="sdpa")
         except Exception as exc:
             self._status = f"failed to load: {exc}"
             raise
-        model.to(self.device).eval()
+        model = model.to(self.device).eval()  # type: ignore[arg-type]
         self._tokenizer, self._labels, self._model = tokenizer, labels, model
         self._max_model_len = self.config.max_model_len or int(
             getattr(model.config, "max_position_embeddings", 2048)
@@ -95,7 +93,9 @@ class TransformersBackend:
             return [self._score_split(task) for task in tasks]
         results: list[TaskResult | None] = [None] * len(tasks)
         for group in self._micro_batches(tasks):
-            for index, result in zip(group, self._score_packed(model, [tasks[i] for i in group])):
+            for index, result in zip(
+                group, self._score_packed(model, [tasks[i] for i in group]), strict=True
+            ):
                 results[index] = result
         return [r for r in results if r is not None]
 

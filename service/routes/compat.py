@@ -54,7 +54,7 @@ async def openrlhf_get_reward(
     if len(labels) != len(body.query):
         raise InvalidRequest(f"{len(labels)} labels for {len(body.query)} queries")
     items = []
-    for i, (query, prompt, label) in enumerate(zip(body.query, body.prompts, labels)):
+    for i, (query, prompt, label) in enumerate(zip(body.query, body.prompts, labels, strict=True)):
         if not query.startswith(prompt):
             raise InvalidRequest(f"query[{i}] does not start with prompts[{i}]")
         items.append(Item(prompt=prompt, response=query[len(prompt) :], reference=label))

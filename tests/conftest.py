@@ -1,0 +1,41 @@
+"""Shared fixtures: one service app with the real embedded evaluator, loaded once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from support import service_settings
+
+from rlme.service.app import create_app
+from rlme.service.model_store import EMBEDDED, resolve_model
+from rlme.service.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return service_settings()
+
+
+@pytest.fixture(scope="session")
+def model_path(settings: Settings) -> Path:
+    return resolve_model(EMBEDDED, settings.cache_dir)
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        await app.state.loading
+        assert app.state.pool.ready, app.state.pool.evaluators["default"].status()
+        yield app
+
+
+@pytest.fixture(scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://rlme") as client:
+        yield client

@@ -1,0 +1,142 @@
+"""The dynamic batcher, driven by a test-double backend (no model needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from rlme.service.backends.base import LabelLogprobs, ScoringTask, TaskResult
+from rlme.service.batcher import Batcher
+from rlme.service.errors import DeadlineExceeded, Overloaded, ServiceStopping
+from rlme.service.prompting import LabelTokens
+from rlme.service.settings import BatchingConfig
+
+POISON = 666
+
+
+class RecordingBackend:
+    """Test double: logp_yes = -first token; records batch sizes; fails on POISON."""
+
+    tokenizer = None
+    labels = LabelTokens((1,), (2,), ("Yes",), ("No",))
+    max_model_len = 10_000
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def setup(self) -> None: ...
+
+    def health(self) -> str:
+        return "ok"
+
+    def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        self.gate.wait(timeout=10)
+        self.batches.append(len(tasks))
+        if any(POISON in s for t in tasks for s in t.sequences):
+            raise RuntimeError("poisoned input")
+        return [TaskResult(tuple(LabelLogprobs(-float(s[0]), -1.0) for s in t.sequences), 0) for t in tasks]
+
+
+def task(first: int, length: int = 4, questions: int = 1) -> ScoringTask:
+    sequence = (first, *range(1, length))
+    return ScoringTask(sequences=(sequence,) * questions, prefix_len=length - 1)
+
+
+def far() -> float:
+    return time.monotonic() + 60
+
+
+async def started(backend: RecordingBackend, **config: float) -> Batcher:
+    batcher = Batcher("test", backend, BatchingConfig(**config))  # type: ignore[arg-type]
+    batcher.start()
+    return batcher
+
+
+async def test_concurrent_submissions_share_one_batch() -> None:
+    backend = RecordingBackend()
+    batcher = await started(backend, max_wait_ms=50)
+    results = await asyncio.gather(*(batcher.submit(task(i), far()) for i in range(10)))
+    assert backend.batches == [10]
+    assert [r.scores[0].logp_yes for r in results] == [-float(i) for i in range(10)]
+    await batcher.stop()
+
+
+async def test_flushes_at_max_batch_evaluations() -> None:
+    backend = RecordingBackend()
+    batcher = await started(backend, max_wait_ms=50, max_batch_evaluations=4)
+    await asyncio.gather(*(batcher.submit(task(i), far()) for i in range(10)))
+    assert backend.batches == [4, 4, 2]
+    await batcher.stop()
+
+
+async def test_flushes_before_the_token_budget() -> None:
+    backend = RecordingBackend()
+    batcher = await started(backend, max_wait_ms=50, max_batch_tokens=250)
+    await asyncio.gather(*(batcher.submit(task(i, length=100), far()) for i in range(5)))
+    assert backend.batches == [2, 2, 1]
+    await batcher.stop()
+
+
+async def test_full_queue_answers_overloaded_with_retry_after() -> None:
+    backend = RecordingBackend()
+    backend.gate.clear()  # the engine is busy
+    batcher = await started(backend, max_wait_ms=0, max_queue_evaluations=4)
+    busy = asyncio.ensure_future(batcher.submit(task(1), far()))
+    await asyncio.sleep(0.05)  # the worker has taken it and is blocked in the engine
+    queued = [asyncio.ensure_future(batcher.submit(task(2, questions=2), far())) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as raised:
+        await batcher.submit(task(3), far())
+    assert raised.value.status_code == 429 and raised.value.retry_after_s is not None
+    backend.gate.set()
+    await asyncio.gather(busy, *queued)  # nothing admitted was lost
+    await batcher.stop()
+
+
+async def test_work_past_its_deadline_gets_504_not_scored() -> None:
+    backend = RecordingBackend()
+    batcher = await started(backend, max_wait_ms=0)
+    with pytest.raises(DeadlineExceeded) as raised:
+        await batcher.submit(task(1), deadline=time.monotonic() - 1)
+    assert raised.value.status_code == 504
+    assert backend.batches == []
+    await batcher.stop()
+
+
+async def test_a_bad_item_fails_only_its_own_request() -> None:
+    backend = RecordingBackend()
+    batcher = await started(backend, max_wait_ms=50)
+    outcomes = await asyncio.gather(
+        *(batcher.submit(task(POISON if i == 3 else i), far()) for i in range(6)),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[3], RuntimeError)
+    good = [o for i, o in enumerate(outcomes) if i != 3]
+    assert [o.scores[0].logp_yes for o in good] == [0.0, -1.0, -2.0, -4.0, -5.0]  # type: ignore[union-attr]
+    assert backend.batches[0] == 6  # tried together first, then one by one
+    await batcher.stop()
+
+
+async def test_stop_rejects_queued_work_cleanly() -> None:
+    backend = RecordingBackend()
+    backend.gate.clear()
+    batcher = await started(backend, max_wait_ms=0)
+    first = asyncio.ensure_future(batcher.submit(task(1), far()))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(batcher.submit(task(2), far()))
+    await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(batcher.stop())
+    await asyncio.sleep(0.05)
+    backend.gate.set()
+    await stopping
+    with pytest.raises(ServiceStopping):
+        await second
+    with pytest.raises(ServiceStopping):
+        await batcher.submit(task(3), far())
+    assert (await first).scores[0].logp_yes == -1.0  # the batch in the engine finished

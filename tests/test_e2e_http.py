@@ -1,0 +1,104 @@
+"""End to end: the real `rlme serve` on 127.0.0.1, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.model]
+
+POLITE = {"prompt": "Say something nice.", "response": "You are wonderful; have a lovely day!"}
+RUDE = {"prompt": "Say something nice.", "response": "Shut up, idiot."}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "RLME_LOG_LEVEL": "warning"}
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rlme.service.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the server did not become healthy in 180 s")
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            # uvicorn shuts down gracefully, then re-raises the signal it caught.
+            assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
+            assert "Traceback" not in log.read_text()
+
+
+def test_readme_example_polite_beats_rude(server: str) -> None:
+    body = {"items": [POLITE, RUDE], "questions": [{"id": "polite", "text": "Is the response polite?"}]}
+    answer = httpx.post(f"{server}/v1/rewards", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    polite, rude = (r["scores"][0]["p_yes"] for r in answer.json()["results"])
+    assert 0 < rude < polite < 1
+    assert answer.headers["x-request-id"]
+
+
+def test_openrlhf_get_reward(server: str) -> None:
+    prompt = "Q: What is 3+4?\nA:"
+    body = {"query": [prompt + " 7", prompt + " 12"], "prompts": [prompt, prompt], "labels": ["7", "7"]}
+    answer = httpx.post(f"{server}/get_reward", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert len(result["rewards"]) == len(result["scores"]) == 2
+    assert all(r < 0 for r in result["rewards"]) and all(0 < s < 1 for s in result["scores"])
+    assert list(result["extra_logs"]) == ["p_yes/default/correct"]
+
+
+def test_openrlhf_rejects_a_query_that_does_not_start_with_its_prompt(server: str) -> None:
+    body = {"query": ["something else"], "prompts": ["Q:"]}
+    answer = httpx.post(f"{server}/get_reward", json=body, timeout=60)
+    assert answer.status_code == 422
+    assert "does not start with" in answer.json()["error"]["message"]
+
+
+def test_slime_reward_is_a_bare_number(server: str) -> None:
+    body = {"prompt": "What is 3+4?", "response": "7", "label": "7"}
+    answer = httpx.post(f"{server}/slime/reward?rubric=rlme_math", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert isinstance(answer.json(), float) and answer.json() < 0
+
+
+def test_cli_score_in_process() -> None:
+    command = [sys.executable, "-m", "rlme.service.cli", "score", "--prompt", "Say hi.",
+               "--response", "Hello there, friend!", "--question", "Is the response polite?"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    score = result["results"][0]["scores"][0]
+    assert score["question"] == "q1" and 0 < score["p_yes"] < 1
