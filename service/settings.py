@@ -56,6 +56,12 @@ class EvaluatorConfig(_Strict):
     max_model_len: int | None = Field(
         None, ge=16, description="Longest evaluation in tokens; default: the model's context."
     )
+    max_forward_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Padded tokens per forward pass inside a batch; default 2048 on CPU "
+        "(measured best on 2 cores), 32768 on CUDA.",
+    )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
 

@@ -42,6 +42,7 @@ class TransformersBackend:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"evaluator {config.name!r}: device {device!r} but CUDA is not available")
         self.device = torch.device(device)
+        self.max_forward_tokens = config.max_forward_tokens or (32768 if self.device.type == "cuda" else 2048)
         if config.dtype == "auto":
             self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
@@ -105,7 +106,7 @@ class TransformersBackend:
 
     def _micro_batches(self, tasks: Sequence[ScoringTask]) -> list[list[int]]:
         """Group tasks of similar packed length so padding stays small."""
-        budget = self.config.batching.max_batch_tokens
+        budget = self.max_forward_tokens
         order = sorted(range(len(tasks)), key=lambda i: _packed_len(tasks[i]))
         groups: list[list[int]] = []
         for index in order:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
 from rlme.client.wire import (
+    ChatMessage,
     ErrorBody,
     Item,
     OpenRLHFRewardRequest,
@@ -70,9 +71,11 @@ async def openrlhf_get_reward(
 class SlimeRewardRequest(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    prompt: str
+    # slime sends a chat list when it does not apply the chat template itself, and the
+    # dataset's label as it is (a number is common for math data).
+    prompt: str | list[ChatMessage]
     response: str
-    label: str | None = None
+    label: str | int | float | None = None
 
 
 @router.post("/slime/reward", responses=_ERRORS)
@@ -80,6 +83,7 @@ async def slime_reward(
     body: SlimeRewardRequest, scorer: ScorerDep, settings: SettingsDep, rubric: RubricQuery = None
 ) -> float:
     """slime remote reward model: one sample per request, the reward as a bare number."""
-    item = Item(prompt=body.prompt, response=body.response, reference=body.label)
+    label = None if body.label is None else str(body.label)
+    item = Item(prompt=body.prompt, response=body.response, reference=label)
     scored = await _score(scorer, settings, rubric, [item])
     return scored.rewards[0]
