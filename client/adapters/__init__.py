@@ -1,0 +1,10 @@
+"""One thin adapter per RL framework, each matching that framework's own contract.
+
+- `rlme.client.adapters.trl`: `RLMERewardFunc`, `async_reward_func` for `reward_funcs=`.
+- `rlme.client.adapters.verl`: `compute_score`, `compute_score_batch`, `compute_score_async`
+  for `custom_reward_function.path=pkg://rlme.client.adapters.verl`.
+- `rlme.client.adapters.slime`: `reward_func`, `batched_reward_func` for `--custom-rm-path`.
+
+OpenRLHF needs no client code: point `--remote_rm_url` at the service's `/get_reward`.
+Nothing here imports the frameworks themselves.
+"""

@@ -1,0 +1,151 @@
+"""Pieces the framework adapters share: text from chat messages, scoring settings, clients.
+
+Frameworks load verl and slime reward functions by import path, so those adapters are
+configured through environment variables and keep one client per process (sync) or
+per event loop (async).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..client import AsyncRewardClient, RewardClient
+from ..wire import ChatMessage, EvaluatorChoice, MetaQuestion
+
+ENV_RUBRIC = "RLME_RUBRIC"
+ENV_QUESTIONS = "RLME_QUESTIONS"
+ENV_EVALUATORS = "RLME_EVALUATORS"
+ENV_SEND_REFERENCE = "RLME_SEND_REFERENCE"
+DEFAULT_RUBRIC = "correctness"
+
+
+def message_text(content: Any) -> str:
+    """A chat message's text; multimodal content (a list of parts) keeps its text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "".join(part.get("text", "") if isinstance(part, Mapping) else str(part) for part in content)
+    return "" if content is None else str(content)
+
+
+def to_prompt(prompt: Any) -> str | list[ChatMessage]:
+    """A framework prompt (text or chat messages) as the wire's prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    return [
+        ChatMessage(role=message["role"], content=message_text(message.get("content"))) for message in prompt
+    ]
+
+
+def to_response(completion: Any) -> str:
+    """A completion as text; a chat completion (assistant, maybe tool turns) is joined."""
+    if isinstance(completion, str):
+        return completion
+    return "\n".join(message_text(message.get("content")) for message in completion)
+
+
+def to_reference(value: Any) -> str | None:
+    """Ground truth as text (datasets often store numbers); None and "" mean none."""
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What to ask: a rubric or inline meta-questions, and optionally which evaluators."""
+
+    rubric: str | None = None
+    questions: tuple[MetaQuestion, ...] | None = None
+    evaluators: tuple[EvaluatorChoice, ...] | None = None
+    send_reference: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Scoring:
+        """From $RLME_RUBRIC or $RLME_QUESTIONS (JSON), $RLME_EVALUATORS (JSON), and
+        $RLME_SEND_REFERENCE ("0" scores without ground truth); `overrides` win."""
+        env = os.environ if environ is None else environ
+        if "rubric" in overrides or "questions" in overrides:  # the caller chose; ignore the env
+            rubric, questions = overrides.get("rubric"), overrides.get("questions")
+        else:
+            rubric, questions = env.get(ENV_RUBRIC) or None, _json_list(env, ENV_QUESTIONS)
+        if rubric is not None and questions is not None:
+            raise ValueError(f"give a rubric or questions, not both (${ENV_RUBRIC}, ${ENV_QUESTIONS})")
+        if rubric is None and questions is None:
+            rubric = DEFAULT_RUBRIC
+        evaluators = overrides.get("evaluators", _json_list(env, ENV_EVALUATORS))
+        send_reference = _flag(overrides.get("send_reference", env.get(ENV_SEND_REFERENCE) or "1"))
+        return cls(
+            rubric=rubric,
+            questions=None if questions is None else tuple(map(MetaQuestion.model_validate, questions)),
+            evaluators=None if evaluators is None else tuple(map(EvaluatorChoice.model_validate, evaluators)),
+            send_reference=send_reference,
+        )
+
+    def request_options(self) -> dict[str, Any]:
+        """Keyword arguments for `rewards()`."""
+        return {
+            "rubric": self.rubric,
+            "questions": None if self.questions is None else list(self.questions),
+            "evaluators": None if self.evaluators is None else list(self.evaluators),
+        }
+
+
+SCORING_KEYS = ("rubric", "questions", "evaluators", "send_reference")
+
+
+def scoring_for_call(kwargs: Mapping[str, Any]) -> Scoring:
+    """Env settings, overridden by scoring keys a framework passes through as kwargs."""
+    return Scoring.from_env(**{key: kwargs[key] for key in SCORING_KEYS if key in kwargs})
+
+
+def _flag(value: Any) -> bool:
+    """A yes/no setting from a bool or from text such as "0", "false", "no"."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)
+
+
+def _json_list(env: Mapping[str, str], name: str) -> list[Any] | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"${name} must be a JSON list, e.g. '[{{\"id\": ...}}]': {exc}") from exc
+    if not isinstance(value, list):
+        raise ValueError(f"${name} must be a JSON list, got {type(value).__name__}")
+    return value
+
+
+_sync_lock = threading.Lock()
+_sync_client: RewardClient | None = None
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRewardClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_client() -> RewardClient:
+    """The process's client, built from $RLME_BASE_URL / $RLME_API_KEY on first use."""
+    global _sync_client
+    with _sync_lock:
+        if _sync_client is None or _sync_client.is_closed:
+            _sync_client = RewardClient()
+        return _sync_client
+
+
+def shared_async_client() -> AsyncRewardClient:
+    """The running event loop's client: an httpx.AsyncClient must not cross loops."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None or client.is_closed:
+        client = _async_clients[loop] = AsyncRewardClient()
+    return client

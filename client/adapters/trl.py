@@ -1,0 +1,163 @@
+"""TRL adapter: rlme rewards as an entry of `reward_funcs` (GRPOTrainer, RLOOTrainer).
+
+TRL's contract (trl/trainer/grpo_trainer.py, `_calculate_rewards`): the function is
+called with keyword arguments `prompts`, `completions`, `completion_ids`, every dataset
+column except "prompt" (one value per completion), `trainer_state`, `log_extra` and
+`log_metric`; it returns one float (or None: "not applicable") per completion. Prompts
+and completions are strings, or lists of chat messages in the conversational format.
+The reward is logged under the callable's `__name__`. An `async def` function (TRL
+checks `inspect.iscoroutinefunction`) is awaited on TRL's own event loop, concurrently
+with the other async reward functions.
+
+    from rlme.client.adapters.trl import RLMERewardFunc
+    trainer = GRPOTrainer(..., reward_funcs=RLMERewardFunc(rubric="correctness"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Any
+
+from .._core import EvaluatorLike, QuestionLike
+from ..client import AsyncRewardClient, RewardClient
+from ..wire import Item, RewardResponse
+from ._common import (
+    Scoring,
+    shared_async_client,
+    to_prompt,
+    to_reference,
+    to_response,
+)
+
+__all__ = ["RLMERewardFunc", "async_reward_func"]
+
+TRLRewardFunc = Callable[..., list[float | None]]
+AsyncTRLRewardFunc = Callable[..., Awaitable[list[float | None]]]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    scoring: Scoring
+    reference_columns: tuple[str, ...]
+    name: str
+
+    @classmethod
+    def build(
+        cls,
+        rubric: str | None,
+        questions: Sequence[QuestionLike] | None,
+        evaluators: Sequence[EvaluatorLike] | None,
+        reference_column: str | Sequence[str] | None,
+        name: str,
+    ) -> _Spec:
+        overrides: dict[str, Any] = {"rubric": rubric, "questions": questions}
+        if evaluators is not None:
+            overrides["evaluators"] = evaluators
+        columns = (reference_column,) if isinstance(reference_column, str) else reference_column
+        # No environment lookup: a TRL script says what it wants in code.
+        scoring = Scoring.from_env({}, **overrides)
+        return cls(scoring, tuple(columns or ()), name)
+
+    def items(
+        self, prompts: Sequence[Any], completions: Sequence[Any], columns: Mapping[str, Any]
+    ) -> list[Item]:
+        references = self._references(columns, len(completions))
+        return [
+            Item(prompt=to_prompt(prompt), response=to_response(completion), reference=reference)
+            for prompt, completion, reference in zip(prompts, completions, references, strict=True)
+        ]
+
+    def _references(self, columns: Mapping[str, Any], count: int) -> Sequence[str | None]:
+        """The first configured column present in the batch supplies `reference`."""
+        for column in self.reference_columns:
+            if columns.get(column) is not None:
+                return [to_reference(value) for value in columns[column]]
+        return [None] * count
+
+    def rewards(self, answer: RewardResponse, log_metric: Any) -> list[float | None]:
+        """The rewards, after logging the mean p_yes of each meta-question if TRL lets us."""
+        if callable(log_metric):
+            by_question: dict[str, list[float]] = {}
+            for result in answer.results:
+                for score in result.scores:
+                    by_question.setdefault(score.question, []).append(score.p_yes)
+            for question, p_yes in by_question.items():
+                log_metric(f"{self.name}/p_yes/{question}", fmean(p_yes))
+        return list(answer.rewards)
+
+
+class RLMERewardFunc:
+    """A synchronous TRL reward function backed by the rlme service.
+
+    Give `rubric` (a server-side name) or `questions` (inline meta-questions); neither
+    means rubric "correctness". `reference_column` names the dataset column(s) holding
+    ground truth, tried in order; None scores without it. Picklable (TRL's
+    AsyncGRPOTrainer sends reward functions to a child process): the client is rebuilt
+    from `base_url`/`api_key` (or $RLME_BASE_URL/$RLME_API_KEY) after unpickling.
+    """
+
+    def __init__(
+        self,
+        *,
+        rubric: str | None = None,
+        questions: Sequence[QuestionLike] | None = None,
+        evaluators: Sequence[EvaluatorLike] | None = None,
+        reference_column: str | Sequence[str] | None = "reference",
+        name: str = "rlme",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: RewardClient | None = None,
+    ) -> None:
+        self._spec = _Spec.build(rubric, questions, evaluators, reference_column, name)
+        self.__name__ = name  # TRL names the logged reward after this
+        self._base_url = client.base_url if client is not None else base_url
+        self._api_key = client.api_key if client is not None else api_key
+        self._client = client
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
+        if self._client is None:
+            self._client = RewardClient(base_url=self._base_url, api_key=self._api_key)
+        answer = self._client.rewards(
+            self._spec.items(prompts, completions, kwargs), **self._spec.scoring.request_options()
+        )
+        return self._spec.rewards(answer, kwargs.get("log_metric"))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}  # sockets do not travel
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def async_reward_func(
+    *,
+    rubric: str | None = None,
+    questions: Sequence[QuestionLike] | None = None,
+    evaluators: Sequence[EvaluatorLike] | None = None,
+    reference_column: str | Sequence[str] | None = "reference",
+    name: str = "rlme",
+    client: AsyncRewardClient | None = None,
+) -> AsyncTRLRewardFunc:
+    """An `async def` TRL reward function backed by the rlme service.
+
+    Same options as `RLMERewardFunc`. Without `client`, each event loop gets its own
+    AsyncRewardClient from $RLME_BASE_URL/$RLME_API_KEY. A closure, so not picklable:
+    use `RLMERewardFunc` with AsyncGRPOTrainer.
+    """
+    spec = _Spec.build(rubric, questions, evaluators, reference_column, name)
+
+    async def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        http = client or shared_async_client()
+        answer = await http.rewards(
+            spec.items(prompts, completions, kwargs), **spec.scoring.request_options()
+        )
+        return spec.rewards(answer, kwargs.get("log_metric"))
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward

@@ -1,0 +1,101 @@
+"""verl adapter: rlme rewards as verl's custom reward function.
+
+verl imports the function by path, so it is configured by environment variables
+($RLME_BASE_URL, $RLME_API_KEY, $RLME_RUBRIC or $RLME_QUESTIONS, $RLME_EVALUATORS,
+$RLME_SEND_REFERENCE); keys of `custom_reward_function.reward_kwargs` (`rubric`,
+`questions`, `evaluators`, `send_reference`) arrive as keyword arguments and win.
+
+What verl passes (verl/workers/reward_manager/naive.py and batch.py,
+verl/experimental/reward_loop/reward_manager/naive.py): `data_source`, `solution_str`
+(the decoded response only), `ground_truth` (the row's reward_model.ground_truth) and
+`extra_info` (the row's extra_info dict). verl does NOT pass the prompt: it is read from
+extra_info["prompt"], else extra_info["question"] (verl's gsm8k preprocessing stores
+the raw question there), else it is empty. Store the prompt in extra_info when you
+preprocess your data. `ground_truth` becomes the item's `reference` unless
+$RLME_SEND_REFERENCE=0 (label-free RLME, as in the paper).
+
+    custom_reward_function.path=pkg://rlme.client.adapters.verl
+    custom_reward_function.name=compute_score        # naive reward manager
+    custom_reward_function.name=compute_score_batch  # reward_model.reward_manager=batch
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..client import AsyncRewardClient, RewardClient
+from ..wire import Item
+from ._common import (
+    Scoring,
+    scoring_for_call,
+    shared_async_client,
+    shared_client,
+    to_prompt,
+    to_reference,
+    to_response,
+)
+
+__all__ = ["compute_score", "compute_score_async", "compute_score_batch"]
+
+PROMPT_KEYS = ("prompt", "question")
+
+
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> float:
+    """verl's per-sample signature; one HTTP request per call (the server batches them)."""
+    scoring = scoring_for_call(kwargs)
+    client: RewardClient = kwargs.get("client") or shared_client()
+    item = _item(solution_str, ground_truth, extra_info, scoring)
+    return client.rewards([item], **scoring.request_options()).rewards[0]
+
+
+async def compute_score_async(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> float:
+    """The same as an `async def`, which verl's reward loop awaits instead of using a thread."""
+    scoring = scoring_for_call(kwargs)
+    client: AsyncRewardClient = kwargs.get("client") or shared_async_client()
+    item = _item(solution_str, ground_truth, extra_info, scoring)
+    return (await client.rewards([item], **scoring.request_options())).rewards[0]
+
+
+def compute_score_batch(
+    data_sources: Sequence[str],
+    solution_strs: Sequence[str],
+    ground_truths: Sequence[Any],
+    extra_infos: Sequence[Mapping[str, Any] | None],
+    **kwargs: Any,
+) -> list[float]:
+    """verl's batch reward manager signature: the whole batch in one (chunked) call."""
+    scoring = scoring_for_call(kwargs)
+    client: RewardClient = kwargs.get("client") or shared_client()
+    items = [
+        _item(solution, truth, extra, scoring)
+        for solution, truth, extra in zip(solution_strs, ground_truths, extra_infos, strict=True)
+    ]
+    return list(client.rewards(items, **scoring.request_options()).rewards)
+
+
+def _item(
+    solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None, scoring: Scoring
+) -> Item:
+    prompt: Any = ""
+    for key in PROMPT_KEYS:
+        if extra_info and extra_info.get(key) is not None and len(extra_info[key]) > 0:
+            prompt = extra_info[key]
+            break
+    return Item(
+        prompt=to_prompt(prompt),
+        response=to_response(solution_str),
+        reference=to_reference(ground_truth) if scoring.send_reference else None,
+    )

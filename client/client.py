@@ -1,0 +1,309 @@
+"""`RewardClient` (sync) and `AsyncRewardClient`: the two ways to call the rlme service.
+
+Both inherit request building and the retry policy from `BaseClient`; each adds only
+how to send a request and how to sleep between attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from ._core import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_TIMEOUT,
+    MAX_RETRIES,
+    BaseClient,
+    EvaluatorLike,
+    ItemLike,
+    QuestionLike,
+)
+from .errors import NotReadyError, RLMEError
+from .wire import EvaluatorList, Health, RewardRequest, RewardResponse, RubricList
+
+__all__ = ["RewardClient", "AsyncRewardClient"]
+
+
+class RewardClient(BaseClient):
+    """Blocking client. Thread-safe; big `rewards()` calls fan out over a thread pool.
+
+    `base_url` falls back to $RLME_BASE_URL, then http://127.0.0.1:8000; `api_key` to
+    $RLME_API_KEY. An injected `http_client` is not closed by `close()`: its owner closes it.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = MAX_RETRIES,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            chunk_size=chunk_size,
+            max_concurrency=max_concurrency,
+        )
+        self._owns_http = http_client is None
+        self._http: httpx.Client = http_client or httpx.Client(timeout=timeout or DEFAULT_TIMEOUT)
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def __enter__(self) -> RewardClient:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed and self._owns_http:
+            self._http.close()
+        self._closed = True
+
+    def rewards(
+        self,
+        items: Sequence[ItemLike],
+        *,
+        questions: Sequence[QuestionLike] | None = None,
+        rubric: str | None = None,
+        evaluators: Sequence[EvaluatorLike] | None = None,
+    ) -> RewardResponse:
+        """Score `items`; one reward per item, in order. Give `questions` or `rubric`."""
+        requests = self._reward_requests(items, questions, rubric, evaluators)
+        if len(requests) <= 1:
+            return self._merge([self._post_rewards(request) for request in requests])
+        pool = ThreadPoolExecutor(min(self.max_concurrency, len(requests)), "rlme-client")
+        try:
+            return self._merge(list(pool.map(self._post_rewards, requests)))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def score(
+        self,
+        prompt: str | list[Any],
+        response: str,
+        *,
+        reference: str | None = None,
+        questions: Sequence[QuestionLike] | None = None,
+        rubric: str | None = None,
+        evaluators: Sequence[EvaluatorLike] | None = None,
+    ) -> float:
+        """The reward of one (prompt, response) pair."""
+        item = {"prompt": prompt, "response": response, "reference": reference}
+        answer = self.rewards([item], questions=questions, rubric=rubric, evaluators=evaluators)
+        return answer.rewards[0]
+
+    def evaluators(self) -> EvaluatorList:
+        """The evaluators the server has configured, and which one is the default."""
+        return self._parse(EvaluatorList, self._send(self._get("/v1/evaluators")))
+
+    def rubrics(self) -> RubricList:
+        """The server's named rubrics with their meta-questions and weights."""
+        return self._parse(RubricList, self._send(self._get("/v1/rubrics")))
+
+    def health(self) -> Health:
+        """One GET /health, without retries: a 503 "loading" report is returned, not raised."""
+        request = self._get("/health")
+        try:
+            return self._parse_health(self._http.send(request))
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+
+    def wait_until_ready(self, timeout: float = 300.0, *, poll_interval: float = 1.0) -> Health:
+        """Poll /health until every evaluator is loaded; NotReadyError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                health = self.health()
+                if self._is_ready(health):
+                    return health
+                last = f"status {health.status!r}, evaluators {health.evaluators}"
+            except RLMEError as exc:
+                if not self._is_startup_error(exc):
+                    raise
+                last = str(exc)
+            if time.monotonic() >= deadline:
+                raise NotReadyError(f"{self.base_url} not ready after {timeout:g} s; last: {last}")
+            self._sleep(poll_interval)
+
+    def _post_rewards(self, request: RewardRequest) -> RewardResponse:
+        http_request = self._post_rewards_request(request)
+        return self._parse_rewards(request, self._send(http_request))
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send with retries; returns the last response, whatever its status."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(attempt, None)
+                if delay is None:
+                    raise self._connection_error(exc) from exc
+            else:
+                delay = self._retry_delay(attempt, response)
+                if delay is None:
+                    return response
+                response.close()
+            self._sleep(delay)
+            attempt += 1
+
+
+class AsyncRewardClient(BaseClient):
+    """Asyncio client; big `rewards()` calls fan out as concurrent requests.
+
+    Same arguments and fallbacks as `RewardClient`. Use it from one event loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = MAX_RETRIES,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            chunk_size=chunk_size,
+            max_concurrency=max_concurrency,
+        )
+        self._owns_http = http_client is None
+        self._http: httpx.AsyncClient = http_client or httpx.AsyncClient(timeout=timeout or DEFAULT_TIMEOUT)
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def __aenter__(self) -> AsyncRewardClient:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._closed and self._owns_http:
+            await self._http.aclose()
+        self._closed = True
+
+    async def rewards(
+        self,
+        items: Sequence[ItemLike],
+        *,
+        questions: Sequence[QuestionLike] | None = None,
+        rubric: str | None = None,
+        evaluators: Sequence[EvaluatorLike] | None = None,
+    ) -> RewardResponse:
+        """Score `items`; one reward per item, in order. Give `questions` or `rubric`."""
+        requests = self._reward_requests(items, questions, rubric, evaluators)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+
+        async def post(request: RewardRequest) -> RewardResponse:
+            async with semaphore:
+                return await self._post_rewards(request)
+
+        tasks = [asyncio.ensure_future(post(request)) for request in requests]
+        try:
+            return self._merge(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # one chunk failed: the others' rewards would be thrown away
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def score(
+        self,
+        prompt: str | list[Any],
+        response: str,
+        *,
+        reference: str | None = None,
+        questions: Sequence[QuestionLike] | None = None,
+        rubric: str | None = None,
+        evaluators: Sequence[EvaluatorLike] | None = None,
+    ) -> float:
+        """The reward of one (prompt, response) pair."""
+        item = {"prompt": prompt, "response": response, "reference": reference}
+        answer = await self.rewards([item], questions=questions, rubric=rubric, evaluators=evaluators)
+        return answer.rewards[0]
+
+    async def evaluators(self) -> EvaluatorList:
+        """The evaluators the server has configured, and which one is the default."""
+        return self._parse(EvaluatorList, await self._send(self._get("/v1/evaluators")))
+
+    async def rubrics(self) -> RubricList:
+        """The server's named rubrics with their meta-questions and weights."""
+        return self._parse(RubricList, await self._send(self._get("/v1/rubrics")))
+
+    async def health(self) -> Health:
+        """One GET /health, without retries: a 503 "loading" report is returned, not raised."""
+        request = self._get("/health")
+        try:
+            return self._parse_health(await self._http.send(request))
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc) from exc
+
+    async def wait_until_ready(self, timeout: float = 300.0, *, poll_interval: float = 1.0) -> Health:
+        """Poll /health until every evaluator is loaded; NotReadyError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                health = await self.health()
+                if self._is_ready(health):
+                    return health
+                last = f"status {health.status!r}, evaluators {health.evaluators}"
+            except RLMEError as exc:
+                if not self._is_startup_error(exc):
+                    raise
+                last = str(exc)
+            if time.monotonic() >= deadline:
+                raise NotReadyError(f"{self.base_url} not ready after {timeout:g} s; last: {last}")
+            await self._sleep(poll_interval)
+
+    async def _post_rewards(self, request: RewardRequest) -> RewardResponse:
+        http_request = self._post_rewards_request(request)
+        return self._parse_rewards(request, await self._send(http_request))
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send with retries; returns the last response, whatever its status."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(attempt, None)
+                if delay is None:
+                    raise self._connection_error(exc) from exc
+            else:
+                delay = self._retry_delay(attempt, response)
+                if delay is None:
+                    return response
+                await response.aclose()
+            await self._sleep(delay)
+            attempt += 1
