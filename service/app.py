@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from rlme.service.auth import KeyRing
 from rlme.service.errors import install_error_handlers
 from rlme.service.evaluators import EvaluatorPool
 from rlme.service.metrics import Metrics
 from rlme.service.middleware import RequestContextMiddleware
-from rlme.service.routes import compat, info, rewards
+from rlme.service.routes import admin, compat, info, rewards
 from rlme.service.scoring import RewardScorer
 from rlme.service.settings import Settings
+from rlme.service.tenancy import Tenants
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pool = pool
-    app.state.scorer = RewardScorer(settings, pool, metrics)
+    app.state.keyring = KeyRing(settings)
+    app.state.scorer = RewardScorer(settings, pool, metrics, Tenants(settings))
     install_error_handlers(app)
     app.include_router(rewards.router)
     app.include_router(compat.router)
     app.include_router(info.router)
+    app.include_router(admin.router)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes
     )

@@ -1,6 +1,7 @@
 """One dynamic batcher per evaluator: work from all concurrent requests, one engine.
 
-Callers `submit()` a ScoringTask (one item's questions) and await its result. A worker
+Callers `submit()` a ScoringTask (one item's questions) and await its result. Tasks wait
+in a FairQueue, so tenants are served in weighted fair order. A worker
 takes the first queued task, waits up to `max_wait_ms` for company, and flushes when the
 batch reaches `max_batch_evaluations` or the next task would pass `max_batch_tokens`.
 The backend runs in a worker thread so the event loop keeps accepting requests.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 from rlme.service.backends.base import Backend, ScoringTask, TaskResult
 from rlme.service.errors import DeadlineExceeded, Overloaded, ServiceStopping
+from rlme.service.fair_queue import FairQueue
 from rlme.service.settings import BatchingConfig
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,9 @@ class Pending:
     future: asyncio.Future[TaskResult]
     enqueued_at: float
     deadline: float
+    tenant: str = "anonymous"
     evaluations: int = field(init=False)
+    start_tag: float = 0.0  # set by the FairQueue
 
     def __post_init__(self) -> None:
         self.evaluations = len(self.task.sequences)
@@ -54,7 +58,7 @@ class Batcher:
         self.backend = backend
         self.config = config
         self.on_batch = on_batch
-        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._queue: FairQueue[Pending] = FairQueue()
         self._carry: Pending | None = None  # took from the queue, did not fit the last batch
         self.queued_evaluations = 0
         self._worker: asyncio.Task[None] | None = None
@@ -80,15 +84,15 @@ class Batcher:
     def _drain(self) -> list[Pending]:
         drained = [self._carry] if self._carry else []
         self._carry = None
-        while not self._queue.empty():
-            drained.append(self._queue.get_nowait())
-        return drained
+        return drained + self._queue.drain()
 
     def retry_after_s(self) -> float:
         """A rough time for the queue to halve, for Retry-After."""
         return max(1.0, min(30.0, self.queued_evaluations / max(1, self.config.max_batch_evaluations)))
 
-    async def submit(self, task: ScoringTask, deadline: float) -> TaskResult:
+    async def submit(
+        self, task: ScoringTask, deadline: float, tenant: str = "anonymous", weight: float = 1.0
+    ) -> TaskResult:
         if self._stopping:
             raise ServiceStopping()
         evaluations = len(task.sequences)
@@ -99,21 +103,18 @@ class Batcher:
                 retry_after_s=self.retry_after_s(),
             )
         future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        pending = Pending(task=task, future=future, enqueued_at=time.monotonic(), deadline=deadline)
+        pending = Pending(
+            task=task, future=future, enqueued_at=time.monotonic(), deadline=deadline, tenant=tenant
+        )
         self.queued_evaluations += evaluations
-        self._queue.put_nowait(pending)
+        self._queue.put(pending, weight)
         return await future
 
     async def _next(self, timeout: float | None) -> Pending | None:
         if self._carry is not None:
             pending, self._carry = self._carry, None
             return pending
-        if timeout is None:
-            return await self._queue.get()
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout=max(timeout, 0))
-        except TimeoutError:
-            return None
+        return await self._queue.get(timeout)
 
     async def _collect(self) -> list[Pending]:
         first = await self._next(None)

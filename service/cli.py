@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -39,13 +38,20 @@ def serve(
     import uvicorn
 
     from rlme.service.app import create_app
+    from rlme.service.logs import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(config, model, **overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep ours
+        log_level=settings.log_level,
+        # On SIGTERM: stop accepting, let accepted requests finish, then stop the batchers.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
 @app.command()
@@ -118,6 +124,28 @@ def prepare(config: ConfigOption = None) -> None:
     for evaluator in settings.evaluators:
         path = resolve_model(evaluator.model, settings.cache_dir)
         typer.echo(f"{evaluator.name}: {path}")
+
+
+keys = typer.Typer(help="API keys for multi-tenant use.")
+app.add_typer(keys, name="keys")
+
+
+@keys.command("new")
+def keys_new(
+    tenant: Annotated[str, typer.Option(help="The tenant (team) this key acts for.")],
+    admin: Annotated[bool, typer.Option(help="May call /admin endpoints.")] = False,
+    label: Annotated[str | None, typer.Option(help="A note, e.g. who holds the key.")] = None,
+) -> None:
+    """Make a key: give the key to the tenant, put the printed entry in `auth.keys`."""
+    import yaml
+
+    from rlme.service.auth import new_key
+
+    key, digest = new_key()
+    entry = {"tenant": tenant, "sha256": digest, "admin": admin, **({"label": label} if label else {})}
+    typer.echo(f"# key for {tenant} (shown once; store it as their RLME_API_KEY): {key}")
+    typer.echo("# add to auth.keys in the service config:")
+    typer.echo(yaml.safe_dump([entry], sort_keys=False).rstrip())
 
 
 def main() -> None:

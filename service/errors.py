@@ -35,6 +35,16 @@ class InvalidRequest(ServiceError):
     code = "invalid_request"
 
 
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"
@@ -102,7 +112,9 @@ def error_response(
     body = ErrorBody(
         error=ErrorDetail(code=code, message=message, retryable=retryable, request_id=request_id_of(request))
     )
-    headers = {"Retry-After": str(math.ceil(retry_after_s))} if retry_after_s is not None else None
+    headers = {"Retry-After": str(math.ceil(retry_after_s))} if retry_after_s is not None else {}
+    if status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 

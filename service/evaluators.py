@@ -31,10 +31,13 @@ def build_backend(config: EvaluatorConfig, cache_dir: Path) -> Backend:
 
 
 class Evaluator:
-    def __init__(self, config: EvaluatorConfig, backend: Backend, metrics: Metrics) -> None:
+    def __init__(self, config: EvaluatorConfig, backend: Backend, metrics: Metrics, cache_dir: Path) -> None:
         self.config = config
         self.backend = backend
+        self.cache_dir = cache_dir
         self.loaded = False
+        self.generation = 0  # how many times the weights were reloaded
+        self._reload_lock = asyncio.Lock()
         self.batcher = Batcher(config.name, backend, config.batching, on_batch=self._observe)
         self._metrics = metrics
         metrics.queue_depth.labels(config.name).set_function(lambda: self.batcher.queued_evaluations)
@@ -49,24 +52,56 @@ class Evaluator:
 
     async def load(self) -> None:
         try:
-            setup_async = getattr(self.backend, "setup_async", None)
-            if setup_async is not None:
-                await setup_async()
-            else:
-                await asyncio.to_thread(self.backend.setup)
+            await _setup(self.backend)
         except Exception:
             log.exception("evaluator %r failed to load", self.name)
             raise
         self.batcher.start()
         self.loaded = True
 
+    async def reload(self, model: str | None) -> None:
+        """Load new weights beside the old ones, then swap between two batches.
+
+        Requests in flight finish on the old weights, queued ones are scored with the new:
+        none is dropped. The tokenizer's label tokens must not change, since queued work
+        was tokenized already.
+        """
+        async with self._reload_lock:
+            config = self.config.model_copy(update={"model": model}) if model else self.config
+            backend = build_backend(config, self.cache_dir)
+            await _setup(backend)
+            if self.loaded and backend.labels != self.backend.labels:
+                raise ValueError(
+                    f"the new model's label tokens {backend.labels.yes_tokens}/{backend.labels.no_tokens} "
+                    "differ from the current ones; reload only weights of the same tokenizer"
+                )
+            self.batcher.backend = backend  # read by the batcher at the start of each batch
+            self.backend, self.config = backend, config
+            self.generation += 1
+            if not self.loaded:  # a reload can repair an evaluator that failed to load
+                self.batcher.start()
+                self.loaded = True
+            log.info(
+                "evaluator %r reloaded from %s (generation %d)", self.name, config.model, self.generation
+            )
+
     def status(self) -> str:
         return "ok" if self.loaded else self.backend.health()
 
 
+async def _setup(backend: Backend) -> None:
+    setup_async = getattr(backend, "setup_async", None)
+    if setup_async is not None:
+        await setup_async()
+    else:
+        await asyncio.to_thread(backend.setup)
+
+
 class EvaluatorPool:
     def __init__(self, configs: list[EvaluatorConfig], cache_dir: Path, metrics: Metrics) -> None:
-        self.evaluators = {c.name: Evaluator(c, build_backend(c, cache_dir), metrics) for c in configs}
+        self.evaluators = {
+            c.name: Evaluator(c, build_backend(c, cache_dir), metrics, cache_dir) for c in configs
+        }
 
     def get(self, name: str) -> Evaluator | None:
         return self.evaluators.get(name)

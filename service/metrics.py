@@ -52,3 +52,26 @@ class Metrics:
         self.rejected = Counter(
             "rlme_rejected_requests", "Requests answered with an error.", ["code"], registry=r
         )
+        # Per tenant. Tenants come from the configuration, so the label set stays bounded.
+        self.tenant_evaluations = Counter(
+            "rlme_tenant_evaluations", "Evaluations scored per tenant.", ["tenant"], registry=r
+        )
+        self.tenant_queued = Gauge(
+            "rlme_tenant_queued_evaluations",
+            "Evaluations queued or in the engine per tenant.",
+            ["tenant"],
+            registry=r,
+        )
+        self.tenant_rejected = Counter(
+            "rlme_tenant_rejected_requests",
+            "Requests answered with an error per tenant.",
+            ["tenant", "code"],
+            registry=r,
+        )
+        self.tenant_latency = Histogram(
+            "rlme_tenant_request_latency_seconds",
+            "Latency of reward requests per tenant.",
+            ["tenant"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )

@@ -7,6 +7,7 @@ must stay within 10% of calling the backend in process.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -15,7 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlme.service.metrics import Metrics
 
+log = logging.getLogger("rlme.access")
+
 REQUEST_ID_HEADER = b"x-request-id"
+access_log = logging.getLogger("rlme.access")
 
 
 class _BodyTooLarge(Exception):
@@ -71,9 +75,17 @@ class RequestContextMiddleware:
             await _reject_too_large(send, request_id, limit)
         finally:
             route = _route_of(scope)
-            self.metrics.request_latency.labels(route, str(status)).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.request_latency.labels(route, str(status)).observe(elapsed)
+            tenant = scope["state"].get("tenant")  # set once the caller is authenticated
             if status >= 400:
                 self.metrics.rejected.labels(str(status)).inc()
+                if tenant is not None:
+                    self.metrics.tenant_rejected.labels(tenant, str(status)).inc()
+            elif tenant is not None:
+                self.metrics.tenant_latency.labels(tenant).observe(elapsed)
+            fields = {"request_id": request_id, "tenant": tenant, "status": status, "seconds": elapsed}
+            access_log.info("%s %s %d %.3fs", scope.get("method"), route, status, elapsed, extra=fields)
 
 
 def _route_of(scope: Scope) -> str:

@@ -35,6 +35,7 @@ from rlme.service.metrics import Metrics
 from rlme.service.prompting import common_prefix_len, encode, render
 from rlme.service.reward_math import log_p_yes, weighted_reward
 from rlme.service.settings import Settings
+from rlme.service.tenancy import Tenants
 
 # Rendering many items blocks the event loop; above this many texts, use a thread.
 _INLINE_RENDER_LIMIT = 64
@@ -47,10 +48,11 @@ class Plan:
 
 
 class RewardScorer:
-    def __init__(self, settings: Settings, pool: EvaluatorPool, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, pool: EvaluatorPool, metrics: Metrics, tenants: Tenants) -> None:
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
+        self.tenants = tenants
 
     def plan(self, request: RewardRequest) -> Plan:
         """Check the request against this server's rubrics, evaluators and limits."""
@@ -134,8 +136,22 @@ class RewardScorer:
             tasks.append(ScoringTask(sequences=sequences, prefix_len=prefix_len))
         return tasks
 
-    async def score(self, request: RewardRequest) -> RewardResponse:
+    async def score(self, request: RewardRequest, tenant: str = "anonymous") -> RewardResponse:
         plan = self.plan(request)
+        evaluations = len(request.items) * len(plan.questions) * len(plan.evaluators)
+        self.tenants.admit(tenant, evaluations)
+        self.tenants.enqueued(tenant, evaluations)
+        queued = self.metrics.tenant_queued.labels(tenant)
+        queued.inc(evaluations)
+        try:
+            response = await self._score(request, plan, tenant)
+        finally:
+            self.tenants.dequeued(tenant, evaluations)
+            queued.dec(evaluations)
+        self.metrics.tenant_evaluations.labels(tenant).inc(evaluations)
+        return response
+
+    async def _score(self, request: RewardRequest, plan: Plan, tenant: str) -> RewardResponse:
         deadline = time.monotonic() + self.settings.limits.request_timeout_s
         texts = len(request.items) * len(plan.questions)
         per_evaluator: list[list[ScoringTask]] = []
@@ -145,8 +161,9 @@ class RewardScorer:
             else:
                 tasks = self.tasks_for(evaluator, request.items, plan.questions)
             per_evaluator.append(tasks)
+        weight = self.tenants.weight(tenant)
         submissions = [
-            evaluator.batcher.submit(task, deadline)
+            evaluator.batcher.submit(task, deadline, tenant, weight)
             for (evaluator, _), tasks in zip(plan.evaluators, per_evaluator, strict=True)
             for task in tasks
         ]

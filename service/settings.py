@@ -114,6 +114,35 @@ class RewardConfig(_Strict):
     logp_floor: float = Field(-20.0, lt=0, description="log p_yes is floored here before weighting.")
 
 
+class TenantConfig(_Strict):
+    """Limits and scheduling weight of one tenant (a team sharing the evaluators)."""
+
+    weight: float = Field(1.0, gt=0, description="Share of the evaluators under contention.")
+    max_evaluations_per_s: float | None = Field(None, gt=0, description="Sustained rate; None = unlimited.")
+    burst_evaluations: int | None = Field(
+        None, ge=1, description="Bucket size for bursts; default: 10 s worth of the rate."
+    )
+    max_queued_evaluations: int | None = Field(None, ge=1, description="Queued at once; None = unlimited.")
+
+
+class ApiKeyConfig(_Strict):
+    tenant: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key (`rlme keys new`).")
+    admin: bool = Field(False, description="May call /admin endpoints.")
+    revoked: bool = False
+    label: str | None = None
+
+
+class AuthConfig(_Strict):
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+    keys_file: Path | None = Field(None, description="YAML list of keys, merged with `keys`.")
+    allow_anonymous: bool = Field(True, description="Requests without a key act as `anonymous_tenant`.")
+    anonymous_tenant: str = "anonymous"
+    anonymous_admin: bool | None = Field(
+        None, description="Anonymous callers may use /admin; default: only when bound to loopback."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RLME_", env_nested_delimiter="__", extra="forbid", yaml_file=None
@@ -133,6 +162,13 @@ class Settings(BaseSettings):
         "correctness", description="Rubric for framework routes (/get_reward, /slime/reward)."
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    default_tenant: TenantConfig = Field(
+        default_factory=TenantConfig, description="Limits of tenants not listed in `tenants`."
+    )
+    shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, time to finish accepted work.")
+    log_format: Literal["text", "json"] = "text"
     reward: RewardConfig = Field(default_factory=RewardConfig)
     log_level: str = "info"
 

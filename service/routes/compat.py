@@ -25,6 +25,7 @@ from rlme.client.wire import (
     RewardRequest,
     RewardResponse,
 )
+from rlme.service.auth import Principal, PrincipalDep
 from rlme.service.deps import ScorerDep, SettingsDep
 from rlme.service.errors import InvalidRequest
 
@@ -35,18 +36,22 @@ _ERRORS: dict[int | str, dict[str, object]] = {422: {"model": ErrorBody}, 429: {
 
 
 async def _score(
-    scorer: ScorerDep, settings: SettingsDep, rubric: str | None, items: list[Item]
+    scorer: ScorerDep, settings: SettingsDep, who: Principal, rubric: str | None, items: list[Item]
 ) -> RewardResponse:
     name = rubric or settings.compat_rubric
     questions = settings.all_rubrics().get(name)
     if questions is not None and not any(q.requires_reference for q in questions.questions):
         items = [item.model_copy(update={"reference": None}) for item in items]
-    return await scorer.score(RewardRequest(items=items, rubric=name))
+    return await scorer.score(RewardRequest(items=items, rubric=name), who.tenant)
 
 
 @router.post("/get_reward", responses=_ERRORS)
 async def openrlhf_get_reward(
-    body: OpenRLHFRewardRequest, scorer: ScorerDep, settings: SettingsDep, rubric: RubricQuery = None
+    body: OpenRLHFRewardRequest,
+    scorer: ScorerDep,
+    settings: SettingsDep,
+    who: PrincipalDep,
+    rubric: RubricQuery = None,
 ) -> OpenRLHFRewardResponse:
     """OpenRLHF remote reward model. `scores` is the mean p_yes (0-1) of each sample."""
     if body.prompts is None or len(body.prompts) != len(body.query):
@@ -59,7 +64,7 @@ async def openrlhf_get_reward(
         if not query.startswith(prompt):
             raise InvalidRequest(f"query[{i}] does not start with prompts[{i}]")
         items.append(Item(prompt=prompt, response=query[len(prompt) :], reference=label))
-    scored = await _score(scorer, settings, rubric, items)
+    scored = await _score(scorer, settings, who, rubric, items)
     extra_logs: dict[str, list[float]] = {}
     for result in scored.results:
         for s in result.scores:
@@ -80,10 +85,14 @@ class SlimeRewardRequest(BaseModel):
 
 @router.post("/slime/reward", responses=_ERRORS)
 async def slime_reward(
-    body: SlimeRewardRequest, scorer: ScorerDep, settings: SettingsDep, rubric: RubricQuery = None
+    body: SlimeRewardRequest,
+    scorer: ScorerDep,
+    settings: SettingsDep,
+    who: PrincipalDep,
+    rubric: RubricQuery = None,
 ) -> float:
     """slime remote reward model: one sample per request, the reward as a bare number."""
     label = None if body.label is None else str(body.label)
     item = Item(prompt=body.prompt, response=body.response, reference=label)
-    scored = await _score(scorer, settings, rubric, [item])
+    scored = await _score(scorer, settings, who, rubric, [item])
     return scored.rewards[0]

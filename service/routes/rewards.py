@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from rlme.client.wire import ErrorBody, RewardRequest, RewardResponse
+from rlme.service.auth import PrincipalDep
 from rlme.service.deps import ScorerDep
 
 router = APIRouter(tags=["rewards"])
@@ -12,6 +13,7 @@ router = APIRouter(tags=["rewards"])
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
+        401: "Missing, invalid or revoked API key.",
         413: "Too many items or questions, or a text too long.",
         422: "Invalid request: the message says what to fix.",
         429: "Queue full; honour Retry-After.",
@@ -22,6 +24,6 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 
 @router.post("/v1/rewards", responses=_ERRORS)
-async def rewards(request: RewardRequest, scorer: ScorerDep) -> RewardResponse:
+async def rewards(request: RewardRequest, scorer: ScorerDep, who: PrincipalDep) -> RewardResponse:
     """Score each item with every meta-question and evaluator; rewards in request order."""
-    return await scorer.score(request)
+    return await scorer.score(request, who.tenant)
