@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from support import TEST_LIMITS
 
 OK_ITEM = {"prompt": "What is 2+2?", "response": "4"}
@@ -120,3 +121,10 @@ async def test_rubric_and_ensemble_of_one(client: httpx.AsyncClient) -> None:
     ).json()
     assert plain["results"][0]["scores"][0]["question"] == "correct"
     assert weighted["rewards"][0] == pytest.approx(0.5 * plain["rewards"][0], abs=1e-6)
+
+
+async def test_framework_route_with_an_empty_chat_prompt_is_a_422(client: httpx.AsyncClient) -> None:
+    # Found by the schema fuzzer: this once escaped as a 500.
+    answer = await client.post("/slime/reward", json={"prompt": [], "response": "r"})
+    assert answer.status_code == 422
+    assert "at least one message" in answer.json()["error"]["message"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rlme.client.wire import (
     ChatMessage,
@@ -33,6 +33,14 @@ router = APIRouter(tags=["framework compatibility"])
 
 RubricQuery = Annotated[str | None, Query(description="Rubric name; default: compat_rubric.")]
 _ERRORS: dict[int | str, dict[str, object]] = {422: {"model": ErrorBody}, 429: {"model": ErrorBody}}
+
+
+def _item(index: int, **fields: object) -> Item:
+    try:
+        return Item.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest(f"sample {index}: {problems}") from exc
 
 
 async def _score(
@@ -63,7 +71,7 @@ async def openrlhf_get_reward(
     for i, (query, prompt, label) in enumerate(zip(body.query, body.prompts, labels, strict=True)):
         if not query.startswith(prompt):
             raise InvalidRequest(f"query[{i}] does not start with prompts[{i}]")
-        items.append(Item(prompt=prompt, response=query[len(prompt) :], reference=label))
+        items.append(_item(i, prompt=prompt, response=query[len(prompt) :], reference=label))
     scored = await _score(scorer, settings, who, rubric, items)
     extra_logs: dict[str, list[float]] = {}
     for result in scored.results:
@@ -93,6 +101,6 @@ async def slime_reward(
 ) -> float:
     """slime remote reward model: one sample per request, the reward as a bare number."""
     label = None if body.label is None else str(body.label)
-    item = Item(prompt=body.prompt, response=body.response, reference=label)
+    item = _item(0, prompt=body.prompt, response=body.response, reference=label)
     scored = await _score(scorer, settings, who, rubric, [item])
     return scored.rewards[0]
