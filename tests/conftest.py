@@ -8,11 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from support import service_settings
 
 from rlme.service.app import create_app
 from rlme.service.model_store import EMBEDDED, resolve_model
 from rlme.service.settings import Settings
+
+from support import service_settings
 
 
 @pytest.fixture(scope="session")

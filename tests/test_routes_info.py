@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from support import service_settings
 
 from rlme.service.app import create_app
+
+from support import service_settings
 
 
 async def test_health_is_503_while_loading_then_200() -> None:
