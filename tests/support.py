@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from rlme.service.settings import Settings
 
@@ -17,3 +28,49 @@ def service_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"evaluators": [evaluator], "limits": TEST_LIMITS}
     values.update(overrides)
     return Settings.load(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def start_server(
+    log_dir: Path, env: Mapping[str, str] | None = None, startup_timeout: float = 180
+) -> Iterator[str]:
+    """The real `rlme serve` on a free 127.0.0.1 port, healthy; yields its base URL.
+
+    `env` adds to this process's environment (e.g. RLME_* settings). On exit the server
+    gets SIGTERM and must shut down cleanly, without a traceback in its log.
+    """
+    port = free_port()
+    log = log_dir / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rlme.service.cli", "serve", "--port", str(port)],
+            env={**os.environ, "RLME_LOG_LEVEL": "warning", **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the server did not become healthy in {startup_timeout:.0f} s")
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            # uvicorn shuts down gracefully, then re-raises the signal it caught.
+            assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
+            assert "Traceback" not in log.read_text()

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+
+from support import start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.model]
 
@@ -20,44 +18,10 @@ POLITE = {"prompt": "Say something nice.", "response": "You are wonderful; have 
 RUDE = {"prompt": "Say something nice.", "response": "Shut up, idiot."}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "RLME_LOG_LEVEL": "warning"}
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rlme.service.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("the server did not become healthy in 180 s")
+    with start_server(tmp_path_factory.mktemp("server")) as url:
         yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            # uvicorn shuts down gracefully, then re-raises the signal it caught.
-            assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
-            assert "Traceback" not in log.read_text()
 
 
 def test_readme_example_polite_beats_rude(server: str) -> None:
