@@ -126,6 +126,16 @@ def prepare(config: ConfigOption = None) -> None:
         typer.echo(f"{evaluator.name}: {path}")
 
 
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML or JSON file of TrainConfig fields.")],
+) -> None:
+    """Train a policy with GRPO + CISPO on rewards from the service (docs/trainer.md)."""
+    from rlme.trainer.grpo import main as train_main
+
+    train_main(str(config))
+
+
 keys = typer.Typer(help="API keys for multi-tenant use.")
 app.add_typer(keys, name="keys")
 

@@ -78,6 +78,7 @@ class Evaluator:
             self.batcher.backend = backend  # read by the batcher at the start of each batch
             self.backend, self.config = backend, config
             self.generation += 1
+            self._metrics.reloads.labels(self.name).inc()
             if not self.loaded:  # a reload can repair an evaluator that failed to load
                 self.batcher.start()
                 self.loaded = True
@@ -121,3 +122,7 @@ class EvaluatorPool:
     async def stop(self) -> None:
         for evaluator in self.evaluators.values():
             await evaluator.batcher.stop()
+            # Engines with resources of their own (vLLM's engine process, HTTP pools).
+            close = getattr(evaluator.backend, "aclose", None)
+            if close is not None:
+                await close()

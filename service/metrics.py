@@ -49,6 +49,9 @@ class Metrics:
             ["evaluator"],
             registry=r,
         )
+        self.reloads = Counter(
+            "rlme_evaluator_reloads", "Weight reloads (live self).", ["evaluator"], registry=r
+        )
         self.rejected = Counter(
             "rlme_rejected_requests", "Requests answered with an error.", ["code"], registry=r
         )

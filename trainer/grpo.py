@@ -1,0 +1,629 @@
+"""GRPO with the CISPO loss; rewards from the rlme service (RLME), a rule (RLVR), or both.
+
+Read top to bottom: config, the pure maths (advantages, loss, rule rewards), rollout,
+reward call, update, `train()`, `main()`. Run: `python -m rlme.trainer.grpo --config FILE`.
+
+Objective. Each step takes P prompts x_p and samples G responses y_{p,i} ~ π_old(·|x_p)
+at temperature τ (π_old = the policy at the start of the step). Rewards:
+
+    r = w_rlme · Σ_j v_j Σ_k w_k log p_yes_jk(x, y)        (service: evaluators j, meta-questions k)
+      + w_rlvr · [last number in y == last number in the reference]
+
+with (w_rlme, w_rlvr) = (1, 0) for reward "rlme", (0, 1) for "rlvr", the config's weights
+for "mixture". Advantages within each group:
+
+    A_{p,i} = r_{p,i} − mean_i(r_{p,·})          optionally / (std_i(r_{p,·}) + 1e-6)
+
+Then `mu` passes over the same batch, each one AdamW step on
+
+    L(θ) = −(1/N) Σ_{p,i,t} sg(clip(ρ_t, 1 − ε_low, 1 + ε_high)) · A_{p,i} · log π_θ(y_t | x, y_<t)
+           + β · (1/N) Σ_{p,i,t} k3_t
+    ρ_t  = π_θ(y_t | ·) / π_old(y_t | ·),     k3_t = π_ref/π_θ − log(π_ref/π_θ) − 1
+
+where N is the number of response tokens in the batch, sg is stop-gradient, and π_ref
+is the frozen initial policy (loaded only when β = kl_coef > 0).
+
+Departures from the papers (GRPO: Shao et al. 2024, arXiv 2402.03300; CISPO: MiniMax-M1,
+arXiv 2506.13585; RLME: Rentschler & Roberts 2026):
+- GRPO's clipped PPO ratio is replaced by CISPO: the importance weight is clipped and
+  detached, so every token keeps its gradient (clipped tokens are not dropped).
+- One token-level mean over the whole batch (CISPO, DAPO), not GRPO's mean per sequence
+  then over sequences. The std in the advantage is the population std (divide by G).
+- ε defaults: MiniMax-M1 imposes no lower bound on the weight and does not publish its
+  ε_high; ours are ε_low = 1 (weights ≥ 0: no lower bound) and ε_high = 0.28 (our choice).
+- The KL term (GRPO's k3 estimator) is off by default (β = 0), as in DAPO and MiniMax-M1.
+- Log-probs are of the tempered distribution (logits / τ) the samples were drawn from, and
+  sampling uses no top-k/top-p, so π_old is exactly the sampling distribution.
+- Ground-truth anchoring (RLME) is per prompt group: an anchored group shows its reference
+  to the evaluator for all G responses, so responses compared with each other were judged
+  under the same conditions. The expected fraction of anchored samples is `anchor_fraction`.
+- Responses cut off at `max_new_tokens` are scored and trained on as they are.
+- Each of the `mu` passes is one optimiser step over the whole batch (micro-batches only
+  accumulate gradients), not several mini-batch steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+DATA_DIR = Path(__file__).parent / "data"
+SHIPPED_TASKS = {"polite": DATA_DIR / "polite.jsonl", "arith": DATA_DIR / "arith.jsonl"}
+STD_EPS = 1e-6
+
+
+@dataclass
+class TrainConfig:
+    model: str = "embedded"
+    """Initial policy: 'embedded' (SmolLM2-135M-Instruct, as the service uses it), a HF folder or .gguf."""
+    data: str = "polite"
+    """JSONL of {"prompt": str, "reference": str (optional)}, or a shipped task: 'polite', 'arith'."""
+    group_size: int = 8
+    """G: responses sampled per prompt. Advantages compare responses within a group."""
+    prompts_per_step: int = 4
+    """P: prompts per step; a step's batch holds P·G responses."""
+    max_new_tokens: int = 64
+    """Longest response in tokens; longer ones are cut off and trained on as they are."""
+    temperature: float = 1.0
+    """Sampling temperature τ; the loss uses log-probs of the same tempered distribution."""
+    lr: float = 1e-5
+    """AdamW learning rate (constant)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm of each optimiser step to this; 0 disables."""
+    steps: int = 20
+    """Training steps; each is one rollout, one reward call and `mu` optimiser steps."""
+    mu: int = 2
+    """Optimisation passes per batch. With mu >= 2 the policy leaves π_old, so ρ and its clip matter."""
+    micro_batch_size: int = 8
+    """Responses per forward/backward (gradients accumulate): memory only, not the maths."""
+    eps_low: float = 1.0
+    """CISPO: importance weights are clipped below at 1 - eps_low (1.0: no lower bound, as MiniMax-M1)."""
+    eps_high: float = 0.28
+    """CISPO: importance weights are clipped above at 1 + eps_high."""
+    scale_rewards: bool = True
+    """Divide advantages by the group's reward std + 1e-6 (GRPO); False: only centre them (Dr. GRPO)."""
+    kl_coef: float = 0.0
+    """β of β·KL(π_θ‖π_ref), k3 estimator, π_ref = the frozen initial policy. 0: off, no reference copy."""
+    reward: Literal["rlme", "rlvr", "mixture"] = "rlme"
+    """'rlme': the service's reward; 'rlvr': 1 if the last number matches the reference's, else 0;
+    'mixture': rlme_weight · rlme + rlvr_weight · rlvr."""
+    rlme_weight: float = 1.0
+    """Weight of the service's reward in 'mixture'."""
+    rlvr_weight: float = 1.0
+    """Weight of the rule reward in 'mixture'."""
+    rubric: str | None = "polite"
+    """A rubric on the service (GET /v1/rubrics). Ignored when `questions` are given."""
+    questions: list[dict[str, Any]] | None = None
+    """Inline meta-questions instead of a rubric: [{id, text, weight, requires_reference}]."""
+    anchor_fraction: float = 0.0
+    """0..1: fraction of prompt groups whose `reference` the evaluator sees (RLME's 1-10% anchoring)."""
+    evaluators: list[dict[str, Any]] | None = None
+    """[{name, weight}] of evaluators configured on the service; null: its default evaluator.
+    Frozen self / frozen other / ensemble are service configs (docs/trainer.md)."""
+    live_self_every: int = 0
+    """Live self (RLME): every N steps save the policy to output_dir/live_self and have the service
+    reload `live_self_evaluator` from it (needs an admin key in $RLME_API_KEY, or anonymous use on
+    localhost, and a folder the service can read). 0: off."""
+    live_self_evaluator: str = "default"
+    """The service evaluator that follows the policy in live-self mode."""
+    base_url: str | None = None
+    """The rlme service; null: $RLME_BASE_URL, else http://127.0.0.1:8000."""
+    service_wait_s: float = 300.0
+    """How long to wait at start for the service's /health to report ready."""
+    output_dir: str = "runs/grpo"
+    """metrics.jsonl, samples.jsonl, tb/ (TensorBoard), rewards.png and checkpoints/ go here."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every N steps; 0: only at the end (if save_final)."""
+    save_final: bool = True
+    """Save a checkpoint after the last step."""
+    resume: str | None = None
+    """A checkpoint folder (output_dir/checkpoints/step_N) to continue from: weights, optimiser, step."""
+    seed: int = 0
+    """Seeds prompt order, anchoring and sampling (reseeded every step, so a resumed run continues alike)."""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'. The policy is trained in float32."""
+
+    def __post_init__(self) -> None:
+        if self.reward not in ("rlme", "rlvr", "mixture"):
+            raise ValueError(f"reward must be 'rlme', 'rlvr' or 'mixture', not {self.reward!r}")
+        if self.group_size < 2:
+            raise ValueError("group_size must be >= 2: advantages compare responses within a group")
+        if self.mu < 1 or self.steps < 1 or self.prompts_per_step < 1 or self.micro_batch_size < 1:
+            raise ValueError("mu, steps, prompts_per_step and micro_batch_size must be >= 1")
+        if not 0.0 <= self.anchor_fraction <= 1.0:
+            raise ValueError(f"anchor_fraction must be in [0, 1], not {self.anchor_fraction}")
+        if self.reward != "rlvr" and self.rubric is None and not self.questions:
+            raise ValueError(f"the {self.reward!r} reward needs a `rubric` or `questions`")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """A TrainConfig from a YAML or JSON file of its fields; unknown fields are an error."""
+    import yaml
+
+    values = yaml.safe_load(Path(path).read_text()) or {}  # YAML is a superset of JSON
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = set(values) - set(types)
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {sorted(unknown)}; see TrainConfig in {__file__}")
+    for name, value in values.items():
+        kind = str(types[name])
+        if kind == "float" and isinstance(value, str):
+            with contextlib.suppress(ValueError):  # YAML 1.1 reads `1e-5` as a string
+                value = values[name] = float(value)
+        allowed = {"float": (int, float), "int": (int,), "bool": (bool,)}.get(kind)
+        if allowed and (not isinstance(value, allowed) or isinstance(value, bool) != (kind == "bool")):
+            raise ValueError(f"{path}: {name} must be {kind}, not {value!r}")
+    return TrainConfig(**values)
+
+
+# ---------------------------------------------------------------- pure maths, unit-tested
+
+
+def group_advantages(rewards: torch.Tensor, scale_by_std: bool) -> torch.Tensor:
+    """A = r − group mean, optionally / (group std + 1e-6). rewards: (P, G) -> (P, G)."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)  # (P, G)
+    if not scale_by_std:
+        return centred
+    return centred / (rewards.std(dim=1, keepdim=True, correction=0) + STD_EPS)
+
+
+def cispo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+    num_tokens: int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """−Σ sg(clip(ρ)) · A · logp / N over masked tokens; N = `num_tokens` (default: mask.sum()).
+
+    logp, old_logp, mask: (B, T); advantages: (B,). Pass the whole batch's token count as
+    `num_tokens` when this is one micro-batch of it, so accumulated gradients equal the batch's.
+    """
+    mask = mask.to(logp.dtype)  # (B, T)
+    n = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    ratio = torch.exp(logp - old_logp)  # (B, T): ρ_t = π_θ / π_old
+    weight = ratio.clamp(1.0 - eps_low, 1.0 + eps_high).detach()  # (B, T): sg(clip(ρ_t))
+    loss = -(weight * advantages[:, None] * logp * mask).sum() / n
+    with torch.no_grad():
+        tokens = mask.sum().clamp(min=1)
+        clipped = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).to(mask.dtype)
+        metrics = {
+            "loss/cispo_clip_frac": float((clipped * mask).sum() / tokens),
+            "loss/ratio_mean": float((ratio * mask).sum() / tokens),
+        }
+    return loss, metrics
+
+
+def kl_k3(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, num_tokens: int | torch.Tensor
+) -> torch.Tensor:
+    """Σ over masked tokens of k3 = e^d − d − 1, d = log π_ref − log π_θ, divided by N. (B, T) inputs."""
+    d = ref_logp - logp  # (B, T)
+    return ((torch.exp(d) - d - 1.0) * mask.to(logp.dtype)).sum() / num_tokens
+
+
+NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def last_number(text: str) -> float | None:
+    """The last number in `text` ("1,234.5" counts as 1234.5), or None."""
+    found = NUMBER.findall(text)
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def rlvr_reward(response: str, reference: str) -> float:
+    """1.0 if the response's last number equals the reference's last number, else 0.0."""
+    answer, truth = last_number(response), last_number(reference)
+    if answer is None or truth is None:
+        return 0.0
+    return 1.0 if math.isclose(answer, truth, rel_tol=1e-9, abs_tol=1e-9) else 0.0
+
+
+POLITE = re.compile(r"\b(please|thanks?|thank you|sorry|glad|happy to|appreciate|kindly|welcome)\b", re.I)
+RUDE = re.compile(r"\b(stupid|idiot|dumb|shut up|whatever|useless|ridiculous|hate)\b", re.I)
+
+
+def polite_rule(response: str) -> float:
+    """Independent check for the polite task: 1.0 if a courtesy word and no rude word appear."""
+    return 1.0 if POLITE.search(response) and not RUDE.search(response) else 0.0
+
+
+# ---------------------------------------------------------------- data and rollout
+
+
+def load_rows(data: str) -> list[dict[str, Any]]:
+    path = SHIPPED_TASKS.get(data, Path(data))
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows or any(not isinstance(r.get("prompt"), str) for r in rows):
+        raise ValueError(f"{path}: need JSON lines with a string 'prompt' (and optional 'reference')")
+    return rows
+
+
+def step_rows(num_rows: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Row indices for `step` (1-based): shuffled epochs, a pure function of (seed, step), so
+    resuming needs no sampler state."""
+    indices = []
+    for k in range((step - 1) * per_step, step * per_step):
+        epoch, position = divmod(k, num_rows)
+        order = list(range(num_rows))
+        random.Random(f"{seed}-epoch-{epoch}").shuffle(order)
+        indices.append(order[position])
+    return indices
+
+
+@dataclass
+class Rollout:
+    sequences: torch.Tensor  # (B, L + T) left-padded prompt, then response (padded after EOS)
+    attention_mask: torch.Tensor  # (B, L + T)
+    response_mask: torch.Tensor  # (B, T): response tokens up to and including the first EOS
+    prompt_len: int  # L
+    texts: list[str]  # B decoded responses; groups are contiguous: rows p·G ... p·G + G − 1
+
+
+@torch.no_grad()
+def sample_groups(model: Any, tokenizer: Any, prompts: list[str], cfg: TrainConfig) -> Rollout:
+    chats = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+    enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    sequences = model.generate(
+        **enc,
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_k=0,  # no top-k/top-p: the loss's π_old must be the distribution we sampled from
+        top_p=1.0,
+        max_new_tokens=cfg.max_new_tokens,
+        num_return_sequences=cfg.group_size,  # repeats each prompt G times, contiguously
+        pad_token_id=tokenizer.pad_token_id,
+    )  # (B, L + T)
+    prompt_len = enc["input_ids"].shape[1]
+    response = sequences[:, prompt_len:]  # (B, T)
+    eos = model.generation_config.eos_token_id
+    is_eos = torch.isin(
+        response, torch.tensor(eos if isinstance(eos, list) else [eos], device=response.device)
+    )
+    response_mask = (is_eos.cumsum(1) - is_eos.long()) == 0  # (B, T): nothing after the first EOS
+    prompt_mask = enc["attention_mask"].repeat_interleave(cfg.group_size, dim=0)  # (B, L)
+    attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)  # (B, L + T)
+    texts = [
+        tokenizer.decode(row[keep], skip_special_tokens=True)
+        for row, keep in zip(response, response_mask, strict=True)
+    ]
+    return Rollout(sequences, attention_mask, response_mask, prompt_len, texts)
+
+
+def token_logprobs(model: Any, rollout: Rollout, rows: slice, temperature: float) -> torch.Tensor:
+    """log π(y_t | x, y_<t) of the tempered distribution for rows of the rollout: (b, T)."""
+    ids, attention = rollout.sequences[rows], rollout.attention_mask[rows]  # (b, L + T)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
+    num_response = ids.shape[1] - rollout.prompt_len
+    # Position t's logits predict token t+1: the last T+1 positions minus the final one.
+    logits = model(
+        input_ids=ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=num_response + 1
+    )
+    logits = logits.logits[:, :-1].float() / temperature  # (b, T, V)
+    targets = ids[:, rollout.prompt_len :]  # (b, T)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (b, T)
+
+
+def micro_batches(batch_size: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, batch_size)) for start in range(0, batch_size, size)]
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def reward_weights(cfg: TrainConfig) -> tuple[float, float]:
+    """(w_rlme, w_rlvr): the one place the reward mode is interpreted."""
+    return {"rlme": (1.0, 0.0), "rlvr": (0.0, 1.0), "mixture": (cfg.rlme_weight, cfg.rlvr_weight)}[cfg.reward]
+
+
+def meta_questions(client: Any, cfg: TrainConfig) -> list[Any]:
+    """The meta-questions the service will ask (inline, or the rubric's), for metrics and references."""
+    from rlme.client import MetaQuestion
+
+    if cfg.questions is not None:
+        return [MetaQuestion.model_validate(q) for q in cfg.questions]
+    rubrics = {r.name: r.questions for r in client.rubrics().rubrics}
+    if cfg.rubric not in rubrics:
+        raise ValueError(f"rubric {cfg.rubric!r} is not on the service; it has {sorted(rubrics)}")
+    return rubrics[cfg.rubric]
+
+
+def compute_rewards(
+    client: Any,
+    cfg: TrainConfig,
+    questions: list[Any],
+    prompts: list[str],
+    texts: list[str],
+    references: list[str | None],
+    anchored: list[bool],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Rewards (B,) = w_rlme · service reward + w_rlvr · rule reward, and their metrics.
+
+    The rule check runs whenever references exist, also when it is not in the reward: it is
+    the independent measure that shows whether the evaluator's reward tracks the truth.
+    """
+    w_rlme, w_rlvr = reward_weights(cfg)
+    rewards = torch.zeros(len(texts))  # (B,)
+    metrics: dict[str, float] = {}
+    if w_rlme != 0:
+        needs_reference = any(q.requires_reference for q in questions)
+        items = [
+            {"prompt": p, "response": y, "reference": ref if (anchor or needs_reference) else None}
+            for p, y, ref, anchor in zip(prompts, texts, references, anchored, strict=True)
+        ]
+        inline = [q.model_dump() for q in questions] if cfg.questions is not None else None
+        rubric = None if inline else cfg.rubric  # inline questions win over the rubric
+        answer = client.rewards(items, questions=inline, rubric=rubric, evaluators=cfg.evaluators)
+        rewards += w_rlme * torch.tensor(answer.rewards)
+        metrics["reward/rlme/mean"] = mean(answer.rewards)
+        metrics["usage/evaluations"] = float(answer.usage.evaluations)
+        for q in dict.fromkeys(score.question for result in answer.results for score in result.scores):
+            scores = [[s for s in result.scores if s.question == q] for result in answer.results]
+            metrics[f"p_yes/{q}/mean"] = mean([s.p_yes for item in scores for s in item])
+            # This question's share of the reward, Σ_j v_j w_k log p_yes (not floored, unlike the service's).
+            terms = [sum(s.evaluator_weight * s.weight * math.log(max(s.p_yes, 1e-30)) for s in item)
+                     for item in scores]  # fmt: skip
+            metrics[f"reward/{q}/mean"] = mean(terms)
+    correct = [
+        rlvr_reward(y, ref) if ref is not None else None for y, ref in zip(texts, references, strict=True)
+    ]
+    checked = [c for c in correct if c is not None]
+    if checked:
+        metrics["rlvr/accuracy"] = mean(checked)
+    if w_rlvr != 0:
+        if len(checked) != len(texts):
+            raise ValueError("the 'rlvr' reward needs a 'reference' on every data row")
+        rewards += w_rlvr * torch.tensor(checked)
+        metrics["reward/rlvr/mean"] = mean(checked)
+    return rewards, metrics
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------- update and checkpoints
+
+
+def cispo_update(
+    model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout, old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None, advantages: torch.Tensor, cfg: TrainConfig,
+) -> dict[str, float]:  # fmt: skip
+    """One optimiser step on the whole batch: gradients accumulate over micro-batches."""
+    mask = rollout.response_mask  # (B, T)
+    num_tokens = mask.sum().clamp(min=1)
+    totals = {"loss/cispo": 0.0, "loss/kl": 0.0, "loss/cispo_clip_frac": 0.0, "loss/ratio_mean": 0.0}
+    for rows in micro_batches(len(advantages), cfg.micro_batch_size):
+        logp = token_logprobs(model, rollout, rows, cfg.temperature)  # (b, T)
+        loss, metrics = cispo_loss(
+            logp, old_logp[rows], advantages[rows], mask[rows], cfg.eps_low, cfg.eps_high, num_tokens
+        )
+        totals["loss/cispo"] += loss.item()
+        share = float(mask[rows].sum() / num_tokens)  # token-weighted average of per-micro-batch metrics
+        for name, value in metrics.items():
+            totals[name] += value * share
+        if ref_logp is not None:
+            kl = kl_k3(logp, ref_logp[rows], mask[rows], num_tokens)
+            totals["loss/kl"] += kl.item()
+            loss = loss + cfg.kl_coef * kl
+        loss.backward()
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+    totals["loss/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return totals
+
+
+def save_checkpoint(model: Any, tokenizer: Any, optimizer: Any, step: int, cfg: TrainConfig) -> Path:
+    path = Path(cfg.output_dir) / "checkpoints" / f"step_{step:06d}"
+    model.save_pretrained(path)  # transformers 5 always writes safetensors
+    tokenizer.save_pretrained(path)
+    torch.save({"step": step, "optimizer": optimizer.state_dict()}, path / "trainer_state.pt")
+    (path / "trainer_state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=2))
+    return path
+
+
+def push_live_self(model: Any, tokenizer: Any, cfg: TrainConfig) -> Path:
+    """Live self: from now on the service's evaluator judges with the current policy's weights.
+
+    The service loads them beside the old ones and swaps between two batches, so reward
+    requests in flight are not dropped (POST /admin/evaluators/{name}/reload).
+    """
+    import os
+
+    import httpx
+
+    folder = (Path(cfg.output_dir) / "live_self").resolve()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    base = cfg.base_url or os.environ.get("RLME_BASE_URL", "http://127.0.0.1:8000")
+    key = os.environ.get("RLME_API_KEY")
+    answer = httpx.post(
+        f"{base.rstrip('/')}/admin/evaluators/{cfg.live_self_evaluator}/reload",
+        json={"model": str(folder)},
+        headers={"Authorization": f"Bearer {key}"} if key else {},
+        timeout=600,
+    )
+    answer.raise_for_status()
+    return folder
+
+
+def plot_rewards(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["reward/mean", "rlvr/accuracy", "rule/polite_rate"]
+    names += sorted({k for h in history for k in h if k.startswith("p_yes/")})
+    names = [n for n in names if any(n in h for h in history)]
+    fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(7, 2.2 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        points = [(h["step"], h[name]) for h in history if name in h]
+        ax.plot(*zip(*points, strict=True), marker=".")
+        ax.set_ylabel(name, fontsize=8)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig, client: Any = None) -> Any:
+    """Run GRPO + CISPO and return the trained model. `client`: a RewardClient (default: base_url's)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlme.client import RewardClient
+    from rlme.service.model_store import resolve_model
+    from rlme.service.settings import Settings
+
+    rows = load_rows(cfg.data)
+    G = cfg.group_size
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    initial = resolve_model(cfg.model, Settings.load().cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.resume or initial)
+    tokenizer.padding_side = "left"  # generation appends to the right end of every row
+    load: Any = AutoModelForCausalLM.from_pretrained  # Any: transformers' `.to` stubs confuse mypy
+    model = load(cfg.resume or initial, dtype=torch.float32).to(device)
+    model.eval()  # Llama/SmolLM2 have no dropout: rollout and update see the same function
+    ref_model: Any = None
+    if cfg.kl_coef > 0:  # π_ref is the initial policy, also when resuming
+        ref_model = load(initial, dtype=torch.float32).to(device).eval()
+        ref_model.requires_grad_(False)
+    # fused: one kernel for all parameters, ~10x faster than the default on CPU (measured).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    start = 1
+    if cfg.resume:
+        state = torch.load(Path(cfg.resume) / "trainer_state.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"] + 1
+
+    owns_client = client is None and reward_weights(cfg)[0] != 0
+    if owns_client:
+        client = RewardClient(base_url=cfg.base_url)
+        client.wait_until_ready(timeout=cfg.service_wait_s)
+    questions = meta_questions(client, cfg) if reward_weights(cfg)[0] != 0 else []
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    for name in ("metrics.jsonl", "samples.jsonl"):  # a resumed run redoes later steps; a new one all
+        write_jsonl(out / name, [r for r in read_jsonl(out / name) if r["step"] < start])
+    history = read_jsonl(out / "metrics.jsonl")
+    writer = SummaryWriter(str(out / "tb"), purge_step=start)
+    bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps, desc="grpo")
+    try:
+        for step in bar:
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # sampling depends on (seed, step) only
+            batch = [rows[i] for i in step_rows(len(rows), cfg.prompts_per_step, step, cfg.seed)]
+            anchor_rng = random.Random(f"{cfg.seed}-anchor-{step}")
+            anchored_groups = [anchor_rng.random() < cfg.anchor_fraction for _ in batch]
+            prompts = [r["prompt"] for r in batch for _ in range(G)]  # B = P·G, groups contiguous
+            references = [r.get("reference") for r in batch for _ in range(G)]
+            anchored = [anchored_groups[i // G] and ref is not None for i, ref in enumerate(references)]
+
+            t0 = time.perf_counter()
+            rollout = sample_groups(model, tokenizer, [r["prompt"] for r in batch], cfg)
+            parts = micro_batches(len(prompts), cfg.micro_batch_size)
+            with torch.no_grad():  # π_old and π_ref stay fixed for all mu passes
+                old_logp = torch.cat([token_logprobs(model, rollout, s, cfg.temperature) for s in parts])
+                ref_logp = None
+                if ref_model is not None:
+                    ref_logp = torch.cat(
+                        [token_logprobs(ref_model, rollout, s, cfg.temperature) for s in parts]
+                    )
+            t1 = time.perf_counter()
+            rewards, metrics = compute_rewards(
+                client, cfg, questions, prompts, rollout.texts, references, anchored
+            )  # (B,)
+            t2 = time.perf_counter()
+            by_group = rewards.view(-1, G)  # (P, G)
+            advantages = group_advantages(by_group, cfg.scale_rewards).view(-1).to(device)  # (B,)
+            passes = [
+                cispo_update(model, optimizer, rollout, old_logp, ref_logp, advantages, cfg)
+                for _ in range(cfg.mu)
+            ]
+            t3 = time.perf_counter()
+            if cfg.live_self_every > 0 and step % cfg.live_self_every == 0:
+                push_live_self(model, tokenizer, cfg)
+
+            lengths = rollout.response_mask.sum(1).float()  # (B,)
+            metrics.update({name: mean([p[name] for p in passes]) for name in passes[0]})
+            metrics["reward/mean"] = float(rewards.mean())
+            metrics["reward/std"] = float(rewards.std(correction=0))
+            metrics["reward/zero_std_groups"] = float((by_group.std(dim=1, correction=0) == 0).float().mean())
+            metrics["rule/polite_rate"] = mean([polite_rule(y) for y in rollout.texts])
+            metrics["response/length_mean"] = float(lengths.mean())
+            metrics["response/truncated_frac"] = float((lengths == cfg.max_new_tokens).float().mean())
+            metrics["anchor/fraction"] = mean([float(a) for a in anchored])
+            metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2})
+            history.append({"step": step, **metrics})
+            write_jsonl(out / "metrics.jsonl", history[-1:], mode="a")
+            for name, value in metrics.items():
+                writer.add_scalar(name, value, step)
+            group = {
+                "step": step,
+                "prompt": prompts[0],
+                "responses": rollout.texts[:G],
+                "rewards": by_group[0].tolist(),
+            }
+            write_jsonl(out / "samples.jsonl", [group], mode="a")  # the first group, to read what pays
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
+            if (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or (
+                cfg.save_final and step == cfg.steps
+            ):
+                save_checkpoint(model, tokenizer, optimizer, step, cfg)
+    finally:
+        bar.close()
+        writer.close()
+        if owns_client:
+            client.close()
+    if history:
+        plot_rewards(history, out / "rewards.png")
+    return model
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]], mode: str = "w") -> None:
+    with path.open(mode) as f:
+        f.writelines(json.dumps(record) + "\n" for record in records)
+
+
+def main(config_path: str) -> None:
+    """`rlme train --config FILE`: train with the TrainConfig fields in a YAML or JSON file."""
+    train(load_config(config_path))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="GRPO + CISPO with rewards from the rlme service.")
+    parser.add_argument("--config", required=True, help="YAML or JSON file of TrainConfig fields")
+    main(parser.parse_args().config)
