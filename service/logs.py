@@ -37,3 +37,4 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # Our access log (with request id and tenant) replaces uvicorn's.
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per remote call otherwise

@@ -59,7 +59,8 @@ class Backend(Protocol):
     `setup` and `score` block and are called in a worker thread. An engine that is
     asynchronous by nature (vLLM's AsyncLLM, HTTP to remote servers) may also define
     `async def setup_async()` and `async def score_async(tasks)`, which are then
-    awaited on the service's event loop instead.
+    awaited on the service's event loop instead, and `async def aclose()` to release
+    engine processes or connection pools at shutdown.
     """
 
     @property

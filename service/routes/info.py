@@ -15,7 +15,7 @@ router = APIRouter()
 async def health(pool: PoolDep, response: Response) -> Health:
     """200 once every evaluator is loaded; 503 while loading or if one failed to load."""
     statuses = {name: e.status() for name, e in pool.evaluators.items()}
-    if pool.ready:
+    if pool.ready and all(status == "ok" for status in statuses.values()):
         return Health(status="ok", evaluators=statuses)
     response.status_code = 503
     response.headers["Retry-After"] = "5"

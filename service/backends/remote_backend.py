@@ -1,0 +1,313 @@
+"""Remote backend: a pool of vLLM OpenAI-compatible servers behind one reward service.
+
+Each evaluation is one `POST {url}/v1/completions` with the evaluation's token ids as
+`prompt`, `max_tokens=1` and `logprob_token_ids` = the Yes/No label ids, which vLLM
+(>= 0.32) answers with exactly those tokens' full-vocabulary log-probs. Token ids, not
+text, so the server scores the very tokens the transformers backend would.
+
+Routing: all questions of an item go to one replica, chosen by rendezvous hashing of the
+item's shared prefix over the healthy replicas, so that replica's prefix cache holds the
+item. A replica that fails (connection error, timeout, 5xx) is taken out of the pool and
+the work goes to the next replica in the item's order; a background check puts it back
+once `GET /health` answers 200 and its tokenizer still matches. At start-up, and on
+every return, the replica's tokenization of a rendered prompt and of each label variant
+is compared with the local tokenizer (the `model` folder must hold the servers' model
+or at least its tokenizer); a replica that disagrees is never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rlme.client.wire import Item, MetaQuestion
+from rlme.service.backends.base import LabelLogprobs, ScoringTask, TaskResult
+from rlme.service.model_store import resolve_model
+from rlme.service.prompting import LabelTokens, Tokenizer, encode, label_tokens, render
+from rlme.service.settings import EvaluatorConfig, RemoteOptions
+
+log = logging.getLogger(__name__)
+
+_CHECK_ITEM = Item(prompt="What is 2+2?", response="2 + 2 = 4. The answer is 4.")
+_CHECK_QUESTION = MetaQuestion(id="check", text="Is the answer correct?")
+_HEALTH_TIMEOUT_S = 5.0
+
+
+class ReplicaError(Exception):
+    """The replica could not answer; the work may succeed on another one."""
+
+
+class ReplicaMismatch(ValueError):
+    """The replica serves a different tokenizer or model; it must not be used."""
+
+
+@dataclass
+class Replica:
+    url: str
+    limit: asyncio.Semaphore
+    up: bool = False
+    rejected: bool = False  # serves another tokenizer or model: never used
+    model: str | None = None
+    max_model_len: int | None = None
+    problem: str = "not checked yet"
+    key: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = self.url.encode()
+
+
+class RemoteBackend:
+    def __init__(
+        self,
+        config: EvaluatorConfig,
+        cache_dir: Path,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests pass an httpx.MockTransport
+    ) -> None:
+        if config.remote is None:
+            raise ValueError(f"evaluator {config.name!r}: backend 'remote' needs `remote: {{urls: [...]}}`")
+        urls = [url.rstrip("/") for url in config.remote.urls]
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"evaluator {config.name!r}: remote.urls has duplicates: {urls}")
+        bad = [url for url in urls if not url.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"evaluator {config.name!r}: remote.urls must start with http(s)://, got {bad}")
+        self.config = config
+        self.options: RemoteOptions = config.remote
+        self.cache_dir = cache_dir
+        self.replicas = [Replica(url, asyncio.Semaphore(self.options.max_concurrency)) for url in urls]
+        self._client: httpx.AsyncClient | None = None
+        self._transport = transport
+        self._tokenizer: Any = None
+        self._labels: LabelTokens | None = None
+        self._max_model_len = 0
+        self._checker: asyncio.Task[None] | None = None
+        self._status = "loading"
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._require(self._tokenizer)
+
+    @property
+    def labels(self) -> LabelTokens:
+        return self._require(self._labels)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def _require(self, value: Any) -> Any:
+        if value is None:
+            raise RuntimeError(f"evaluator {self.config.name!r} is not loaded yet")
+        return value
+
+    def setup(self) -> None:
+        raise RuntimeError("the remote backend runs on the service's event loop: await setup_async()")
+
+    def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        raise RuntimeError("the remote backend runs on the service's event loop: await score_async()")
+
+    # --- start-up and health -------------------------------------------------------------
+
+    async def setup_async(self) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            path = await asyncio.to_thread(resolve_model, self.config.model, self.cache_dir)
+            tokenizer: Any = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
+            self._labels = label_tokens(tokenizer, self.config.yes_words, self.config.no_words)
+            self._tokenizer = tokenizer
+            headers = {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                timeout=self.options.timeout_s,
+                # Room beside the scoring requests for the health checks.
+                limits=httpx.Limits(max_connections=(self.options.max_concurrency + 2) * len(self.replicas)),
+                transport=self._transport,
+            )
+            await asyncio.gather(*(self._check(replica) for replica in self.replicas))
+            mismatched = [r for r in self.replicas if r.rejected]
+            if mismatched:
+                raise ValueError(
+                    "; ".join(f"{r.url}: {r.problem}" for r in mismatched)
+                    + f" (evaluator {self.config.name!r}: `model` must be the servers' model or tokenizer)"
+                )
+            if not any(r.up for r in self.replicas):
+                raise ValueError(
+                    f"evaluator {self.config.name!r}: no remote replica answered: "
+                    + "; ".join(f"{r.url}: {r.problem}" for r in self.replicas)
+                )
+        except Exception as exc:
+            self._status = f"failed to load: {exc}"
+            raise
+        self._update_max_model_len()
+        self._checker = asyncio.create_task(self._recheck_forever(), name=f"replicas-{self.config.name}")
+        self._status = "ok"
+        log.info(
+            "evaluator %r: %d of %d remote replicas up",
+            self.config.name,
+            sum(r.up for r in self.replicas),
+            len(self.replicas),
+        )
+
+    def _update_max_model_len(self) -> None:
+        limits = [r.max_model_len for r in self.replicas if r.max_model_len]
+        if self.config.max_model_len:
+            limits.append(self.config.max_model_len)
+        fallback = int(getattr(self._tokenizer, "model_max_length", 2048))
+        self._max_model_len = min(limits) if limits else fallback
+
+    async def _check(self, replica: Replica) -> None:
+        """A replica in the pool must answer /health; one out of it must also pass `_verify`."""
+        try:
+            client = self._require(self._client)
+            answer = await client.get(f"{replica.url}/health", timeout=_HEALTH_TIMEOUT_S)
+            if answer.status_code != 200:
+                raise ReplicaError(f"/health answered {answer.status_code}")
+            if not replica.up:  # new, or back: it may have restarted with another model
+                await self._verify(replica)
+        except ReplicaMismatch as exc:
+            replica.up, replica.rejected, replica.problem = False, True, f"mismatch: {exc}"
+            log.error("evaluator %r: replica %s is not usable: %s", self.config.name, replica.url, exc)
+        except (httpx.HTTPError, ReplicaError, ValueError, KeyError) as exc:
+            self._take_out(replica, f"health check failed: {exc!r}")
+        else:
+            if not replica.up:
+                log.info("evaluator %r: replica %s is in the pool", self.config.name, replica.url)
+            replica.up, replica.problem = True, ""
+
+    async def _verify(self, replica: Replica) -> None:
+        """Served model and tokenization, the labels' included."""
+        client = self._require(self._client)
+        models = (await client.get(f"{replica.url}/v1/models", timeout=_HEALTH_TIMEOUT_S)).json()["data"]
+        served = [m["id"] for m in models]
+        wanted = self.options.served_model
+        if wanted is not None and wanted not in served:
+            raise ReplicaMismatch(f"serves {served}, not served_model {wanted!r}")
+        card = next(m for m in models if m["id"] == (wanted or served[0]))
+        replica.model, replica.max_model_len = card["id"], card.get("max_model_len")
+        # The server must split text into the same tokens as we do, labels included.
+        tokenizer, labels = self.tokenizer, self.labels
+        sample = render(tokenizer, self.config.system_prompt, _CHECK_ITEM, _CHECK_QUESTION)
+        label_texts = [self._tokenizer.decode([i]) for i in (*labels.yes_ids, *labels.no_ids)]
+        for text in [sample, *label_texts]:
+            body = {"model": replica.model, "prompt": text, "add_special_tokens": False}
+            answer = await client.post(f"{replica.url}/tokenize", json=body, timeout=_HEALTH_TIMEOUT_S)
+            if answer.status_code == 404:
+                log.warning("replica %s has no /tokenize; tokenization is not checked", replica.url)
+                return
+            answer.raise_for_status()
+            theirs, ours = answer.json()["tokens"], encode(tokenizer, text)
+            if theirs != ours:
+                raise ReplicaMismatch(f"tokenizes {text[:40]!r} as {theirs[:12]}..., we get {ours[:12]}...")
+
+    async def _recheck_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.health_interval_s)
+            await asyncio.gather(*(self._check(r) for r in self.replicas if not r.rejected))
+            self._update_max_model_len()
+
+    def _take_out(self, replica: Replica, reason: str) -> None:
+        if replica.up:
+            log.warning("evaluator %r: replica %s taken out: %s", self.config.name, replica.url, reason)
+        replica.up, replica.problem = False, reason
+
+    def health(self) -> str:
+        if self._status != "ok":
+            return self._status
+        if any(r.up for r in self.replicas):
+            return "ok"
+        return "no remote replica is up: " + "; ".join(f"{r.url}: {r.problem}" for r in self.replicas)
+
+    async def aclose(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+        if self._client is not None:
+            await self._client.aclose()
+
+    # --- scoring -------------------------------------------------------------------------
+
+    def route(self, task: ScoringTask) -> list[Replica]:
+        """Replicas for this item, best first: rendezvous order of the hash of its prefix."""
+        prefix = array("i", task.sequences[0][: task.prefix_len]).tobytes()
+
+        def weight(replica: Replica) -> bytes:
+            return hashlib.blake2b(prefix + replica.key, digest_size=8).digest()
+
+        return sorted(self.replicas, key=weight, reverse=True)
+
+    async def score_async(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        return list(await asyncio.gather(*(self._score_task(task) for task in tasks)))
+
+    async def _score_task(self, task: ScoringTask) -> TaskResult:
+        errors = []
+        for replica in self.route(task):
+            if not replica.up:
+                continue
+            try:
+                scored = await asyncio.gather(*(self._complete(replica, s) for s in task.sequences))
+            except ReplicaError as exc:
+                self._take_out(replica, str(exc))
+                errors.append(f"{replica.url}: {exc}")
+                continue
+            return TaskResult(
+                scores=tuple(label for label, _ in scored), cached_prompt_tokens=sum(c for _, c in scored)
+            )
+        raise ReplicaError("no remote replica could score the item: " + ("; ".join(errors) or "none is up"))
+
+    async def _complete(self, replica: Replica, sequence: Sequence[int]) -> tuple[LabelLogprobs, int]:
+        labels, client = self.labels, self._require(self._client)
+        label_ids = [*labels.yes_ids, *labels.no_ids]
+        body = {
+            "model": replica.model,
+            "prompt": list(sequence),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": len(label_ids),
+            "logprob_token_ids": label_ids,
+            "return_tokens_as_token_ids": True,  # keys "token_id:N", unambiguous
+        }
+        async with replica.limit:
+            try:
+                answer = await client.post(f"{replica.url}/v1/completions", json=body)
+            except httpx.TransportError as exc:  # refused, reset, timed out
+                raise ReplicaError(repr(exc)) from exc
+        if answer.status_code >= 500 or answer.status_code in (408, 429):
+            raise ReplicaError(f"/v1/completions answered {answer.status_code}")
+        if answer.status_code != 200:  # our request is wrong; another replica would say the same
+            raise ValueError(
+                f"{replica.url}/v1/completions answered {answer.status_code}: {answer.text[:500]}"
+            )
+        result = answer.json()
+        step = result["choices"][0]["logprobs"]["top_logprobs"][0]
+        logps = {int(key.removeprefix("token_id:")): value for key, value in step.items()}
+        missing = [i for i in label_ids if i not in logps]
+        if missing:
+            raise ValueError(
+                f"{replica.url} returned no log-probs for label ids {missing}; it needs vLLM >= 0.32"
+            )
+        details = result.get("usage", {}).get("prompt_tokens_details") or {}
+        label = LabelLogprobs(
+            logp_yes=_logsumexp([logps[i] for i in labels.yes_ids]),
+            logp_no=_logsumexp([logps[i] for i in labels.no_ids]),
+        )
+        return label, int(details.get("cached_tokens") or 0)
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))

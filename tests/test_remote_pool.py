@@ -1,0 +1,234 @@
+"""The remote backend's routing, failover and start-up checks, against fake replicas.
+
+The replicas are an httpx.MockTransport that speaks the part of vLLM's OpenAI server the
+backend uses (/health, /v1/models, /tokenize, /v1/completions). Real servers are in
+test_remote_backend.py, which needs vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from rlme.service.backends.base import ScoringTask
+from rlme.service.backends.remote_backend import RemoteBackend, ReplicaError
+from rlme.service.prompting import encode
+from rlme.service.settings import EvaluatorConfig, Settings
+
+URLS = ["http://replica-0:8000", "http://replica-1:8000", "http://replica-2:8000"]
+
+
+def fake_logprob(prompt: list[int], token_id: int) -> float:
+    """What every replica answers: depends on the prompt and token only, not the replica."""
+    return -1.0 - (sum(prompt) % 97) / 50 - (token_id % 13) / 10
+
+
+class FakeReplicas:
+    """Three vLLM-like servers; each can be up, down (refuses), hanging, failing or foreign."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.state = {url: "up" for url in URLS}
+        self.completions: Counter[str] = Counter()
+        self.items_seen: dict[str, set[tuple[int, ...]]] = {url: set() for url in URLS}
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        url = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+        state = self.state[url]
+        if state == "down":
+            raise httpx.ConnectError("connection refused", request=request)
+        if state == "hang":
+            raise httpx.ReadTimeout("timed out", request=request)
+        if state == "failing" and request.url.path != "/health":
+            return httpx.Response(500, json={"error": "engine dead"})
+        if request.url.path == "/health":
+            return httpx.Response(200)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "evaluator", "max_model_len": 512}]})
+        body = json.loads(request.content)
+        if request.url.path == "/tokenize":
+            tokens = encode(self.tokenizer, body["prompt"])
+            if state == "foreign":
+                tokens = [t + 1 for t in tokens]
+            return httpx.Response(200, json={"tokens": tokens, "count": len(tokens)})
+        assert request.url.path == "/v1/completions"
+        prompt = body["prompt"]
+        if len(prompt) > 512:
+            return httpx.Response(400, json={"error": {"message": "prompt too long"}})
+        self.completions[url] += 1
+        self.items_seen[url].add(tuple(prompt[:20]))
+        top = {f"token_id:{t}": fake_logprob(prompt, t) for t in body["logprob_token_ids"]}
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"index": 0, "logprobs": {"top_logprobs": [top]}}],
+                "usage": {"prompt_tokens": len(prompt), "prompt_tokens_details": {"cached_tokens": 16}},
+            },
+        )
+
+
+@pytest.fixture
+async def pool(settings: Settings, model_path: Path) -> Any:
+    config = EvaluatorConfig(
+        backend="remote",
+        remote={"urls": URLS, "served_model": "evaluator", "health_interval_s": 0.05, "timeout_s": 5},
+    )
+    from transformers import AutoTokenizer
+
+    fakes = FakeReplicas(AutoTokenizer.from_pretrained(model_path))
+    backend = RemoteBackend(config, settings.cache_dir, transport=httpx.MockTransport(fakes))
+    await backend.setup_async()
+    yield backend, fakes
+    await backend.aclose()
+
+
+def item_tasks(n: int, questions: int = 3) -> list[ScoringTask]:
+    """n items, each with `questions` sequences sharing a 20-token prefix unique to the item."""
+    tasks = []
+    for i in range(n):
+        prefix = tuple(100 + i * 7 + j for j in range(20))
+        sequences = tuple(prefix + (500 + q, 600 + q) for q in range(questions))
+        tasks.append(ScoringTask(sequences=sequences, prefix_len=20))
+    return tasks
+
+
+def expected(backend: RemoteBackend, sequence: tuple[int, ...]) -> tuple[float, float]:
+    def lse(ids: tuple[int, ...]) -> float:
+        return math.log(sum(math.exp(fake_logprob(list(sequence), t)) for t in ids))
+
+    return lse(backend.labels.yes_ids), lse(backend.labels.no_ids)
+
+
+def assert_correct(backend: RemoteBackend, tasks: list[ScoringTask], results: list[Any]) -> None:
+    assert len(results) == len(tasks)
+    for task, result in zip(tasks, results):
+        for sequence, label in zip(task.sequences, result.scores, strict=True):
+            logp_yes, logp_no = expected(backend, sequence)
+            assert label.logp_yes == pytest.approx(logp_yes, abs=1e-9)
+            assert label.logp_no == pytest.approx(logp_no, abs=1e-9)
+
+
+async def test_label_logprobs_are_summed_over_variants_and_cached_tokens_reported(pool: Any) -> None:
+    backend, _ = pool
+    assert len(backend.labels.yes_ids) > 1  # "Yes", " Yes", "yes", ...
+    tasks = item_tasks(4)
+    results = await backend.score_async(tasks)
+    assert_correct(backend, tasks, results)
+    assert all(r.cached_prompt_tokens == 16 * 3 for r in results)
+    assert backend.max_model_len == 512  # from the servers' model card
+
+
+async def test_an_items_questions_stay_on_one_replica_and_items_spread(pool: Any) -> None:
+    backend, fakes = pool
+    tasks = item_tasks(60)
+    await backend.score_async(tasks)
+    await backend.score_async(tasks)  # the same items again: the same replicas
+    for task in tasks:
+        holders = [url for url, seen in fakes.items_seen.items() if task.sequences[0][:20] in seen]
+        assert len(holders) == 1
+        assert holders[0] == backend.route(task)[0].url
+    assert all(fakes.completions[url] > 30 for url in URLS)  # 360 evaluations, ~120 each
+
+
+async def test_a_refusing_replica_is_taken_out_and_its_work_retried(pool: Any) -> None:
+    backend, fakes = pool
+    fakes.state[URLS[0]] = "down"
+    tasks = item_tasks(30)
+    results = await backend.score_async(tasks)
+    assert_correct(backend, tasks, results)
+    assert not backend.replicas[0].up and backend.health() == "ok"
+    assert fakes.completions[URLS[0]] == 0
+    # The items that preferred the dead replica went to their second choice.
+    moved = [t for t in tasks if backend.route(t)[0].url == URLS[0]]
+    assert moved
+    for task in moved:
+        second = backend.route(task)[1].url
+        assert task.sequences[0][:20] in fakes.items_seen[second]
+
+
+@pytest.mark.parametrize("failure", ["hang", "failing"])
+async def test_a_replica_that_times_out_or_fails_is_taken_out(pool: Any, failure: str) -> None:
+    backend, fakes = pool
+    fakes.state[URLS[1]] = failure
+    tasks = item_tasks(30)
+    assert_correct(backend, tasks, await backend.score_async(tasks))
+    assert not backend.replicas[1].up
+
+
+async def test_a_replica_comes_back_when_its_health_check_passes(pool: Any) -> None:
+    backend, fakes = pool
+    fakes.state[URLS[2]] = "down"
+    tasks = item_tasks(30)
+    await backend.score_async(tasks)
+    assert not backend.replicas[2].up
+    fakes.state[URLS[2]] = "up"
+    for _ in range(100):  # the re-check runs every 0.05 s
+        if backend.replicas[2].up:
+            break
+        await asyncio.sleep(0.02)
+    assert backend.replicas[2].up
+    before = fakes.completions[URLS[2]]
+    assert_correct(backend, tasks, await backend.score_async(tasks))
+    assert fakes.completions[URLS[2]] > before  # its items are routed to it again
+
+
+async def test_a_bad_request_is_not_retried_elsewhere(pool: Any) -> None:
+    backend, fakes = pool
+    too_long = ScoringTask(sequences=(tuple(range(600)), tuple(range(599)) + (7,)), prefix_len=599)
+    with pytest.raises(ValueError, match="400"):
+        await backend.score_async([too_long])
+    assert all(r.up for r in backend.replicas)
+    assert sum(fakes.completions.values()) == 0
+
+
+async def test_with_every_replica_down_scoring_fails_and_health_says_why(pool: Any) -> None:
+    backend, fakes = pool
+    for url in URLS:
+        fakes.state[url] = "down"
+    with pytest.raises(ReplicaError, match="no remote replica"):
+        await backend.score_async(item_tasks(2))
+    assert backend.health().startswith("no remote replica is up")
+
+
+async def test_a_replica_with_another_tokenizer_is_refused_at_start_up(
+    settings: Settings, model_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    fakes = FakeReplicas(AutoTokenizer.from_pretrained(model_path))
+    fakes.state[URLS[1]] = "foreign"
+    config = EvaluatorConfig(backend="remote", remote={"urls": URLS})
+    backend = RemoteBackend(config, settings.cache_dir, transport=httpx.MockTransport(fakes))
+    with pytest.raises(ValueError, match="replica-1.*tokenizes"):
+        await backend.setup_async()
+    await backend.aclose()
+
+
+async def test_start_up_with_one_replica_down_uses_the_others(settings: Settings, model_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    fakes = FakeReplicas(AutoTokenizer.from_pretrained(model_path))
+    fakes.state[URLS[0]] = "down"
+    config = EvaluatorConfig(backend="remote", remote={"urls": URLS, "health_interval_s": 60})
+    backend = RemoteBackend(config, settings.cache_dir, transport=httpx.MockTransport(fakes))
+    await backend.setup_async()
+    try:
+        assert [r.up for r in backend.replicas] == [False, True, True]
+        tasks = item_tasks(10)
+        assert_correct(backend, tasks, await backend.score_async(tasks))
+    finally:
+        await backend.aclose()
+
+
+def test_bad_urls_are_refused_with_a_fix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="duplicates"):
+        RemoteBackend(EvaluatorConfig(backend="remote", remote={"urls": ["http://a", "http://a/"]}), tmp_path)
+    with pytest.raises(ValueError, match="http"):
+        RemoteBackend(EvaluatorConfig(backend="remote", remote={"urls": ["gpu-0:8000"]}), tmp_path)
