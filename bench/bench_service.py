@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from workload import QUESTIONS, items  # noqa: E402
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402
+from rlme.service.backends.base import ScoringTask  # noqa: E402
 from rlme.service.backends.transformers_backend import TransformersBackend  # noqa: E402
-from rlme.service.prompting import encode, render  # noqa: E402
+from rlme.service.scoring import build_task  # noqa: E402
 from rlme.service.settings import DEFAULT_SYSTEM_PROMPT, EvaluatorConfig, Settings  # noqa: E402
 
 
@@ -52,25 +53,11 @@ def best_of(repeats: int, run: Callable[[], Any]) -> float:
     return min(times)
 
 
-def tasks_for(backend: TransformersBackend, batch: list[dict[str, str]], questions: list[dict[str, str]]):  # type: ignore[no-untyped-def]
-    from rlme.service.backends.base import ScoringTask
-    from rlme.service.prompting import common_prefix_len
-
-    tasks = []
-    for raw in batch:
-        item = Item(**raw)
-        sequences = tuple(
-            tuple(
-                encode(
-                    backend.tokenizer,
-                    render(backend.tokenizer, DEFAULT_SYSTEM_PROMPT, item, MetaQuestion(**q)),
-                )
-            )
-            for q in questions
-        )
-        prefix = min(common_prefix_len(sequences), min(len(s) for s in sequences) - 1)
-        tasks.append(ScoringTask(sequences=sequences, prefix_len=prefix))
-    return tasks
+def tasks_for(
+    backend: TransformersBackend, batch: list[dict[str, str]], questions: list[dict[str, str]]
+) -> list[ScoringTask]:
+    meta = [MetaQuestion(**q) for q in questions]
+    return [build_task(backend.tokenizer, DEFAULT_SYSTEM_PROMPT, Item(**raw), meta) for raw in batch]
 
 
 class Server:

@@ -43,7 +43,8 @@ from rlme.service.backends.base import ScoringTask  # noqa: E402
 from rlme.service.backends.transformers_backend import TransformersBackend  # noqa: E402
 from rlme.service.backends.vllm_backend import VLLMBackend  # noqa: E402
 from rlme.service.model_store import resolve_model  # noqa: E402
-from rlme.service.prompting import common_prefix_len, encode, render  # noqa: E402
+from rlme.service.prompting import render  # noqa: E402
+from rlme.service.scoring import build_task  # noqa: E402
 from rlme.service.settings import DEFAULT_SYSTEM_PROMPT, EvaluatorConfig, Settings  # noqa: E402
 
 SERVED = "evaluator"
@@ -117,16 +118,8 @@ def rlme_remote(model: Path, vllm_url: str) -> Process:
 
 
 def scoring_tasks(tokenizer: Any, raw_items: list[dict[str, str]]) -> list[ScoringTask]:
-    tasks = []
-    for raw in raw_items:
-        item = Item(**raw)
-        sequences = tuple(
-            tuple(encode(tokenizer, render(tokenizer, DEFAULT_SYSTEM_PROMPT, item, MetaQuestion(**q))))
-            for q in QUESTIONS
-        )
-        prefix = min(common_prefix_len(sequences), min(len(s) for s in sequences) - 1)
-        tasks.append(ScoringTask(sequences=sequences, prefix_len=prefix))
-    return tasks
+    questions = [MetaQuestion(**q) for q in QUESTIONS]
+    return [build_task(tokenizer, DEFAULT_SYSTEM_PROMPT, Item(**raw), questions) for raw in raw_items]
 
 
 async def best_of(

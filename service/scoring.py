@@ -32,13 +32,24 @@ from rlme.service.errors import (
 )
 from rlme.service.evaluators import Evaluator, EvaluatorPool
 from rlme.service.metrics import Metrics
-from rlme.service.prompting import common_prefix_len, encode, render
+from rlme.service.prompting import Tokenizer, common_prefix_len, encode, render
 from rlme.service.reward_math import log_p_yes, weighted_reward
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
 
 # Rendering many items blocks the event loop; above this many texts, use a thread.
 _INLINE_RENDER_LIMIT = 64
+
+
+def build_task(
+    tokenizer: Tokenizer, system_prompt: str, item: Item, questions: list[MetaQuestion]
+) -> ScoringTask:
+    """One item's questions as full token sequences, and the prefix they share."""
+    sequences = tuple(tuple(encode(tokenizer, render(tokenizer, system_prompt, item, q))) for q in questions)
+    shortest = min(len(s) for s in sequences)
+    # Keep at least one token per question after the prefix: its logits are the answer.
+    prefix_len = min(common_prefix_len(sequences), shortest - 1)
+    return ScoringTask(sequences=sequences, prefix_len=prefix_len)
 
 
 @dataclass(frozen=True)
@@ -120,20 +131,16 @@ class RewardScorer:
         self, evaluator: Evaluator, items: list[Item], questions: list[MetaQuestion]
     ) -> list[ScoringTask]:
         backend = evaluator.backend
-        tokenizer, system = backend.tokenizer, evaluator.config.system_prompt
         tasks = []
         for i, item in enumerate(items):
-            sequences = tuple(tuple(encode(tokenizer, render(tokenizer, system, item, q))) for q in questions)
-            longest = max(len(s) for s in sequences)
+            task = build_task(backend.tokenizer, evaluator.config.system_prompt, item, questions)
+            longest = max(len(s) for s in task.sequences)
             if longest > backend.max_model_len:
                 raise PayloadTooLarge(
                     f"items.{i} needs {longest} tokens with evaluator {evaluator.name!r}, "
                     f"whose limit is {backend.max_model_len}; shorten the prompt or response"
                 )
-            shortest = min(len(s) for s in sequences)
-            # Keep at least one token per question after the prefix: its logits are the answer.
-            prefix_len = min(common_prefix_len(sequences), shortest - 1)
-            tasks.append(ScoringTask(sequences=sequences, prefix_len=prefix_len))
+            tasks.append(task)
         return tasks
 
     async def score(self, request: RewardRequest, tenant: str = "anonymous") -> RewardResponse:

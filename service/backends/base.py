@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from rlme.service.prompting import LabelTokens, Tokenizer
+from rlme.service.settings import EvaluatorConfig
 
 
 @dataclass(frozen=True)
@@ -80,3 +82,36 @@ class Backend(Protocol):
     def health(self) -> str:
         """'ok', 'loading', or a message saying what is wrong."""
         ...
+
+
+class LoadedState:
+    """What every backend holds once `setup` has run: tokenizer, label tokens, context length.
+
+    Backends fill `_tokenizer`, `_labels`, `_max_model_len` and `_status` in `setup`; reading
+    the first two before then raises a RuntimeError that names the evaluator.
+    """
+
+    def __init__(self, config: EvaluatorConfig, cache_dir: Path) -> None:
+        self.config = config
+        self.cache_dir = cache_dir
+        self._tokenizer: Any = None
+        self._labels: LabelTokens | None = None
+        self._max_model_len = 0
+        self._status = "loading"
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._require(self._tokenizer)
+
+    @property
+    def labels(self) -> LabelTokens:
+        return self._require(self._labels)
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def _require(self, value: Any) -> Any:
+        if value is None:
+            raise RuntimeError(f"evaluator {self.config.name!r} is not loaded yet")
+        return value

@@ -31,9 +31,9 @@ from typing import Any
 import httpx
 
 from rlme.client.wire import Item, MetaQuestion
-from rlme.service.backends.base import LabelLogprobs, ScoringTask, TaskResult
+from rlme.service.backends.base import LabelLogprobs, LoadedState, ScoringTask, TaskResult
 from rlme.service.model_store import resolve_model
-from rlme.service.prompting import LabelTokens, Tokenizer, encode, label_tokens, render
+from rlme.service.prompting import encode, label_tokens, render
 from rlme.service.settings import EvaluatorConfig, RemoteOptions
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class Replica:
         self.key = self.url.encode()
 
 
-class RemoteBackend:
+class RemoteBackend(LoadedState):
     def __init__(
         self,
         config: EvaluatorConfig,
@@ -82,34 +82,12 @@ class RemoteBackend:
         bad = [url for url in urls if not url.startswith(("http://", "https://"))]
         if bad:
             raise ValueError(f"evaluator {config.name!r}: remote.urls must start with http(s)://, got {bad}")
-        self.config = config
+        super().__init__(config, cache_dir)
         self.options: RemoteOptions = config.remote
-        self.cache_dir = cache_dir
         self.replicas = [Replica(url, asyncio.Semaphore(self.options.max_concurrency)) for url in urls]
         self._client: httpx.AsyncClient | None = None
         self._transport = transport
-        self._tokenizer: Any = None
-        self._labels: LabelTokens | None = None
-        self._max_model_len = 0
         self._checker: asyncio.Task[None] | None = None
-        self._status = "loading"
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._require(self._tokenizer)
-
-    @property
-    def labels(self) -> LabelTokens:
-        return self._require(self._labels)
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
-
-    def _require(self, value: Any) -> Any:
-        if value is None:
-            raise RuntimeError(f"evaluator {self.config.name!r} is not loaded yet")
-        return value
 
     def setup(self) -> None:
         raise RuntimeError("the remote backend runs on the service's event loop: await setup_async()")

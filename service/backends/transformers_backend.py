@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from rlme.service.backends.base import LabelLogprobs, ScoringTask, TaskResult
+from rlme.service.backends.base import LabelLogprobs, LoadedState, ScoringTask, TaskResult
 from rlme.service.model_store import resolve_model
-from rlme.service.prompting import LabelTokens, Tokenizer, label_tokens
+from rlme.service.prompting import label_tokens
 from rlme.service.settings import EvaluatorConfig
 
 log = logging.getLogger(__name__)
@@ -27,15 +27,10 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class TransformersBackend:
+class TransformersBackend(LoadedState):
     def __init__(self, config: EvaluatorConfig, cache_dir: Path) -> None:
-        self.config = config
-        self.cache_dir = cache_dir
+        super().__init__(config, cache_dir)
         self._model: Any = None
-        self._tokenizer: Any = None
-        self._labels: LabelTokens | None = None
-        self._max_model_len = 0
-        self._status = "loading"
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -47,23 +42,6 @@ class TransformersBackend:
             self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             self.dtype = _DTYPES[config.dtype]
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._require(self._tokenizer)
-
-    @property
-    def labels(self) -> LabelTokens:
-        return self._require(self._labels)
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
-
-    def _require(self, value: Any) -> Any:
-        if value is None:
-            raise RuntimeError(f"evaluator {self.config.name!r} is not loaded yet")
-        return value
 
     def setup(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlme.service.backends.base import LabelLogprobs, ScoringTask, TaskResult
+from rlme.service.backends.base import LabelLogprobs, LoadedState, ScoringTask, TaskResult
 from rlme.service.model_store import resolve_model
-from rlme.service.prompting import LabelTokens, Tokenizer, label_tokens
+from rlme.service.prompting import label_tokens
 from rlme.service.settings import EvaluatorConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ _RESERVED = {"model", "tokenizer", "logprobs_mode", "skip_tokenizer_init"}
 _DEFAULT_CPU_KVCACHE_GIB = 4
 
 
-class VLLMBackend:
+class VLLMBackend(LoadedState):
     def __init__(self, config: EvaluatorConfig, cache_dir: Path) -> None:
         clash = _RESERVED & set(config.vllm.extra)
         if clash:
@@ -52,33 +52,11 @@ class VLLMBackend:
                 f"evaluator {config.name!r}: the vllm backend places the model itself; use "
                 "device 'auto' and pick GPUs with CUDA_VISIBLE_DEVICES (and vllm.tensor_parallel_size)"
             )
-        self.config = config
-        self.cache_dir = cache_dir
+        super().__init__(config, cache_dir)
         self._engine: Any = None
-        self._tokenizer: Any = None
-        self._labels: LabelTokens | None = None
         self._label_ids: list[int] = []
-        self._max_model_len = 0
-        self._status = "loading"
         self._request_ids = itertools.count()
         self._request_prefix = uuid.uuid4().hex[:8]
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._require(self._tokenizer)
-
-    @property
-    def labels(self) -> LabelTokens:
-        return self._require(self._labels)
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
-
-    def _require(self, value: Any) -> Any:
-        if value is None:
-            raise RuntimeError(f"evaluator {self.config.name!r} is not loaded yet")
-        return value
 
     def engine_args(self, model_path: Path) -> dict[str, Any]:
         """AsyncEngineArgs for this evaluator (also used by docs and tests)."""
