@@ -176,8 +176,6 @@ class VLLMBackend(LoadedState):
             return
         engine, self._engine = self._engine, None
         self._status = "stopped"
-        # vLLM leaves its zmq context to the garbage collector, which warns about it when
-        # it runs (in any thread); the engine process is gone by then, so nothing leaks.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             await asyncio.to_thread(engine.shutdown)
@@ -185,6 +183,13 @@ class VLLMBackend(LoadedState):
             handler = getattr(engine, "output_handler", None)
             if handler is not None:
                 await asyncio.wait([handler])
+            await asyncio.sleep(0)  # the socket closes shutdown() scheduled on this loop
+            # vLLM never terminates its zmq context; left to the garbage collector, it warns
+            # from whichever thread or test happens to collect it. Destroy it here.
+            resources = getattr(getattr(engine, "engine_core", None), "resources", None)
+            ctx = getattr(resources, "ctx", None)
+            if ctx is not None and not ctx.closed:
+                ctx.destroy(linger=0)
             # AsyncLLM sits in reference cycles: collect it now, not at interpreter exit,
             # where its __del__ would run shutdown again with half the modules gone.
             del engine, handler
