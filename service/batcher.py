@@ -4,7 +4,10 @@ Callers `submit()` a ScoringTask (one item's questions) and await its result. Ta
 in a FairQueue, so tenants are served in weighted fair order. A worker
 takes the first queued task, waits up to `max_wait_ms` for company, and flushes when the
 batch reaches `max_batch_evaluations` or the next task would pass `max_batch_tokens`.
-The backend runs in a worker thread so the event loop keeps accepting requests.
+The backend runs in a worker thread so the event loop keeps accepting requests. Up to
+`concurrency` batches are in the engine at once (1 for transformers; engines with their
+own scheduler, vLLM and remote servers, overlap several); the next batch is collected
+only when a slot is free, so batches grow while the engine is busy.
 
 Admission is bounded: beyond `max_queue_evaluations` queued evaluations, `submit`
 raises Overloaded (429). A task still queued past its deadline is failed with
@@ -53,16 +56,19 @@ class Batcher:
         backend: Backend,
         config: BatchingConfig,
         on_batch: BatchObserver | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.name = name
-        self.backend = backend
+        self.backend = backend  # swapped by a reload; each batch keeps the one it started on
         self.config = config
         self.on_batch = on_batch
+        self.concurrency = concurrency
         self._queue: FairQueue[Pending] = FairQueue()
         self._carry: Pending | None = None  # took from the queue, did not fit the last batch
         self.queued_evaluations = 0
         self._worker: asyncio.Task[None] | None = None
-        self._in_flight: asyncio.Future[None] | None = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_flight: dict[asyncio.Task[None], Backend] = {}  # batches in an engine
         self._stopping = False
 
     def start(self) -> None:
@@ -75,11 +81,17 @@ class Batcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        if self._in_flight is not None:
-            await self._in_flight
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight))
         for pending in self._drain():
             if not pending.future.done():
                 pending.future.set_exception(ServiceStopping())
+
+    async def retire(self, backend: Backend) -> None:
+        """Wait until no batch is left in `backend` (one a reload swapped out)."""
+        running = [task for task, engine in self._in_flight.items() if engine is backend]
+        if running:
+            await asyncio.wait(running)
 
     def _drain(self) -> list[Pending]:
         drained = [self._carry] if self._carry else []
@@ -137,7 +149,12 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._collect()
+            await self._slots.acquire()  # collect only when the engine can take the batch
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self._slots.release()
+                raise
             self.queued_evaluations -= sum(p.evaluations for p in batch)
             now = time.monotonic()
             live = []
@@ -148,21 +165,27 @@ class Batcher:
                     pending.future.set_exception(DeadlineExceeded(now - pending.enqueued_at))
                     continue
                 live.append(pending)
-            if live:
-                # Shielded: stopping the worker must not abandon a batch already accepted.
-                self._in_flight = asyncio.ensure_future(self._score(live))
-                await asyncio.shield(self._in_flight)
-                self._in_flight = None
+            if not live:
+                self._slots.release()
+                continue
+            # A task of its own: stopping the worker must not abandon a batch already accepted.
+            task = asyncio.create_task(self._score(live, self.backend), name=f"batch-{self.name}")
+            self._in_flight[task] = self.backend
+            task.add_done_callback(self._finished)
 
-    async def _score(self, batch: list[Pending]) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        del self._in_flight[task]
+        self._slots.release()
+
+    async def _score(self, batch: list[Pending], backend: Backend) -> None:
         started = time.perf_counter()
         try:
             tasks = [p.task for p in batch]
-            score_async = getattr(self.backend, "score_async", None)
+            score_async = getattr(backend, "score_async", None)
             if score_async is not None:  # engines with their own event loop (vLLM, remote)
                 results = await score_async(tasks)
             else:  # blocking engines run in a thread so the event loop stays free
-                results = await asyncio.to_thread(self.backend.score, tasks)
+                results = await asyncio.to_thread(backend.score, tasks)
         except Exception as exc:  # isolate the bad item: score each task on its own
             if len(batch) == 1:
                 log.warning("evaluator %r failed a task: %s", self.name, exc)
@@ -170,7 +193,7 @@ class Batcher:
                 return
             log.warning("evaluator %r failed a batch of %d; retrying one by one", self.name, len(batch))
             for pending in batch:
-                await self._score([pending])
+                await self._score([pending], backend)
             return
         if self.on_batch is not None:
             evaluations = sum(p.evaluations for p in batch)

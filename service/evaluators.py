@@ -30,6 +30,11 @@ def build_backend(config: EvaluatorConfig, cache_dir: Path) -> Backend:
     raise ValueError(f"evaluator {config.name!r}: unknown backend {config.backend!r}")
 
 
+# Batches in the engine at once, unless configured: a transformers batch already uses every
+# core; vLLM schedules several requests together, and remote servers each run their own.
+DEFAULT_CONCURRENCY = {"transformers": 1, "vllm": 4, "remote": 4}
+
+
 class Evaluator:
     def __init__(self, config: EvaluatorConfig, backend: Backend, metrics: Metrics, cache_dir: Path) -> None:
         self.config = config
@@ -38,7 +43,10 @@ class Evaluator:
         self.loaded = False
         self.generation = 0  # how many times the weights were reloaded
         self._reload_lock = asyncio.Lock()
-        self.batcher = Batcher(config.name, backend, config.batching, on_batch=self._observe)
+        concurrency = config.batching.max_concurrent_batches or DEFAULT_CONCURRENCY[config.backend]
+        self.batcher = Batcher(
+            config.name, backend, config.batching, on_batch=self._observe, concurrency=concurrency
+        )
         self._metrics = metrics
         metrics.queue_depth.labels(config.name).set_function(lambda: self.batcher.queued_evaluations)
 
@@ -64,7 +72,8 @@ class Evaluator:
 
         Requests in flight finish on the old weights, queued ones are scored with the new:
         none is dropped. The tokenizer's label tokens must not change, since queued work
-        was tokenized already.
+        was tokenized already. Once its last batch is done, the old engine is closed (a
+        vLLM engine process, a remote pool's connections), so reloads do not pile them up.
         """
         async with self._reload_lock:
             config = self.config.model_copy(update={"model": model}) if model else self.config
@@ -76,7 +85,7 @@ class Evaluator:
                     "differ from the current ones; reload only weights of the same tokenizer"
                 )
             self.batcher.backend = backend  # read by the batcher at the start of each batch
-            self.backend, self.config = backend, config
+            old, self.backend, self.config = self.backend, backend, config
             self.generation += 1
             self._metrics.reloads.labels(self.name).inc()
             if not self.loaded:  # a reload can repair an evaluator that failed to load
@@ -85,6 +94,8 @@ class Evaluator:
             log.info(
                 "evaluator %r reloaded from %s (generation %d)", self.name, config.model, self.generation
             )
+            await self.batcher.retire(old)
+            await _close(old)
 
     def status(self) -> str:
         # Once loaded, the engine's own view: a dead vLLM engine or a pool with no replica up.
@@ -97,6 +108,13 @@ async def _setup(backend: Backend) -> None:
         await setup_async()
     else:
         await asyncio.to_thread(backend.setup)
+
+
+async def _close(backend: Backend) -> None:
+    """Release an engine's own resources (vLLM's engine process, a remote pool's clients)."""
+    close = getattr(backend, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class EvaluatorPool:
@@ -123,7 +141,4 @@ class EvaluatorPool:
     async def stop(self) -> None:
         for evaluator in self.evaluators.values():
             await evaluator.batcher.stop()
-            # Engines with resources of their own (vLLM's engine process, HTTP pools).
-            close = getattr(evaluator.backend, "aclose", None)
-            if close is not None:
-                await close()
+            await _close(evaluator.backend)

@@ -37,6 +37,12 @@ class BatchingConfig(_Strict):
     max_batch_tokens: int = Field(16384, ge=1, description="Flush before exceeding this many prompt tokens.")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest a first arrival waits for company.")
     max_queue_evaluations: int = Field(4096, ge=1, description="Beyond this, answer 429.")
+    max_concurrent_batches: int | None = Field(
+        None,
+        ge=1,
+        description="Batches in the engine at once. Default: 1 for transformers (one batch already "
+        "uses every core), 4 for vllm and remote (their engines overlap and interleave batches).",
+    )
 
 
 class VLLMOptions(_Strict):

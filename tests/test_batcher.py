@@ -29,6 +29,12 @@ class RecordingBackend:
         self.batches: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.active = self.peak = 0  # batches inside score() now / at most
+        self.closed = False
+        self._lock = threading.Lock()
+
+    async def aclose(self) -> None:
+        self.closed = True
 
     def setup(self) -> None: ...
 
@@ -36,7 +42,12 @@ class RecordingBackend:
         return "ok"
 
     def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
         self.gate.wait(timeout=10)
+        with self._lock:
+            self.active -= 1
         self.batches.append(len(tasks))
         if any(POISON in s for t in tasks for s in t.sequences):
             raise RuntimeError("poisoned input")
@@ -52,8 +63,8 @@ def far() -> float:
     return time.monotonic() + 60
 
 
-async def started(backend: RecordingBackend, **config: float) -> Batcher:
-    batcher = Batcher("test", backend, BatchingConfig(**config))  # type: ignore[arg-type]
+async def started(backend: RecordingBackend, concurrency: int = 1, **config: float) -> Batcher:
+    batcher = Batcher("test", backend, BatchingConfig(**config), concurrency=concurrency)  # type: ignore[arg-type]
     batcher.start()
     return batcher
 
@@ -140,3 +151,60 @@ async def test_stop_rejects_queued_work_cleanly() -> None:
     with pytest.raises(ServiceStopping):
         await batcher.submit(task(3), far())
     assert (await first).scores[0].logp_yes == -1.0  # the batch in the engine finished
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_at_most_concurrency_batches_are_in_the_engine(concurrency: int) -> None:
+    backend = RecordingBackend()
+    backend.gate.clear()
+    batcher = await started(backend, concurrency=concurrency, max_wait_ms=0, max_batch_evaluations=1)
+    submitted = [asyncio.ensure_future(batcher.submit(task(i), far())) for i in range(6)]
+    await asyncio.sleep(0.2)
+    assert backend.active == concurrency  # the rest wait in the queue, not in the engine
+    assert batcher.queued_evaluations == 6 - concurrency
+    backend.gate.set()
+    results = await asyncio.gather(*submitted)
+    assert [r.scores[0].logp_yes for r in results] == [-float(i) for i in range(6)]
+    assert backend.peak == concurrency
+    await batcher.stop()
+
+
+async def test_retire_waits_for_the_old_engines_batches_only() -> None:
+    old, new = RecordingBackend(), RecordingBackend()
+    old.gate.clear()
+    batcher = await started(old, concurrency=2, max_wait_ms=0)
+    on_old = asyncio.ensure_future(batcher.submit(task(1), far()))
+    await asyncio.sleep(0.05)
+    batcher.backend = new  # what a reload does
+    on_new = await batcher.submit(task(2), far())  # scored by the new engine meanwhile
+    assert on_new.scores[0].logp_yes == -2.0 and new.batches == [1]
+    retiring = asyncio.ensure_future(batcher.retire(old))
+    await asyncio.sleep(0.05)
+    assert not retiring.done()  # the old engine still has a batch
+    old.gate.set()
+    await retiring
+    assert on_old.done() and (await on_old).scores[0].logp_yes == -1.0
+    await batcher.stop()
+
+
+async def test_reload_swaps_engines_and_closes_the_old_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlme.service import evaluators
+    from rlme.service.metrics import Metrics
+    from rlme.service.settings import EvaluatorConfig
+
+    old, new = RecordingBackend(), RecordingBackend()
+    monkeypatch.setattr(evaluators, "build_backend", lambda config, cache_dir: new)
+    evaluator = evaluators.Evaluator(EvaluatorConfig(name="test"), old, Metrics(), cache_dir=None)  # type: ignore[arg-type]
+    await evaluator.load()
+    old.gate.clear()
+    in_flight = asyncio.ensure_future(evaluator.batcher.submit(task(1), far()))
+    await asyncio.sleep(0.05)
+    reloading = asyncio.ensure_future(evaluator.reload("/models/next"))
+    await asyncio.sleep(0.05)
+    assert evaluator.backend is new and evaluator.config.model == "/models/next"
+    assert not old.closed  # its batch is still running
+    old.gate.set()
+    await reloading
+    assert old.closed and not new.closed
+    assert (await in_flight).scores[0].logp_yes == -1.0
+    await evaluator.batcher.stop()
