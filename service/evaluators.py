@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
+from typing import Any
 
 from rlme.service.backends.base import Backend
 from rlme.service.batcher import Batcher
@@ -49,10 +51,17 @@ class Evaluator:
         )
         self._metrics = metrics
         metrics.queue_depth.labels(config.name).set_function(lambda: self.batcher.queued_evaluations)
+        self._watch_replicas()
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def _watch_replicas(self) -> None:
+        """rlme_remote_replica_up per server of a remote pool, read at each scrape."""
+        for replica in getattr(self.backend, "replicas", []):
+            gauge = self._metrics.replica_up.labels(self.name, replica.url)
+            gauge.set_function(functools.partial(_replica_up, replica))
 
     def _observe(self, evaluations: int, tasks: int, seconds: float) -> None:
         self._metrics.batch_evaluations.labels(self.name).observe(evaluations)
@@ -86,6 +95,9 @@ class Evaluator:
                 )
             self.batcher.backend = backend  # read by the batcher at the start of each batch
             old, self.backend, self.config = self.backend, backend, config
+            for replica in getattr(old, "replicas", []):
+                self._metrics.replica_up.remove(self.name, replica.url)
+            self._watch_replicas()
             self.generation += 1
             self._metrics.reloads.labels(self.name).inc()
             if not self.loaded:  # a reload can repair an evaluator that failed to load
@@ -108,6 +120,10 @@ async def _setup(backend: Backend) -> None:
         await setup_async()
     else:
         await asyncio.to_thread(backend.setup)
+
+
+def _replica_up(replica: Any) -> float:
+    return float(replica.up)
 
 
 async def _close(backend: Backend) -> None:

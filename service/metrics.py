@@ -52,6 +52,12 @@ class Metrics:
         self.reloads = Counter(
             "rlme_evaluator_reloads", "Weight reloads (live self).", ["evaluator"], registry=r
         )
+        self.replica_up = Gauge(
+            "rlme_remote_replica_up",
+            "1 while a remote evaluator server is in the pool, 0 while it is out (failed or refused).",
+            ["evaluator", "replica"],
+            registry=r,
+        )
         self.rejected = Counter(
             "rlme_rejected_requests", "Requests answered with an error.", ["code"], registry=r
         )

@@ -232,3 +232,22 @@ def test_bad_urls_are_refused_with_a_fix(tmp_path: Path) -> None:
         RemoteBackend(EvaluatorConfig(backend="remote", remote={"urls": ["http://a", "http://a/"]}), tmp_path)
     with pytest.raises(ValueError, match="http"):
         RemoteBackend(EvaluatorConfig(backend="remote", remote={"urls": ["gpu-0:8000"]}), tmp_path)
+
+
+async def test_metrics_show_each_replica_in_or_out_of_the_pool(pool: Any) -> None:
+    from rlme.service.evaluators import Evaluator
+    from rlme.service.metrics import Metrics
+
+    backend, fakes = pool
+    metrics = Metrics()
+    Evaluator(backend.config, backend, metrics, backend.cache_dir)
+
+    def up(url: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "rlme_remote_replica_up", {"evaluator": backend.config.name, "replica": url}
+        )
+
+    assert [up(url) for url in URLS] == [1.0, 1.0, 1.0]
+    fakes.state[URLS[0]] = "down"
+    await backend.score_async(item_tasks(30))
+    assert [up(url) for url in URLS] == [0.0, 1.0, 1.0]
