@@ -41,7 +41,7 @@ lint: install
 	$(BIN)/ruff check service client trainer tests bench
 	mkdir -p .typecheck/rlme
 	for part in service client trainer; do ln -sfn ../../$$part .typecheck/rlme/$$part; done
-	MYPYPATH=.typecheck $(BIN)/mypy -p rlme.service -p rlme.client
+	MYPYPATH=.typecheck $(BIN)/mypy -p rlme.service -p rlme.client -p rlme.trainer
 
 bench: install
 	$(BIN)/rlme prepare

@@ -124,6 +124,14 @@ def test_kl_k3() -> None:
         ("42 or 41? I say 41", "42", 0.0),  # the last number counts
         ("I do not know", "42", 0.0),
         ("42", "no number here", 0.0),
+        # A reference without a number: its words, whole, ignoring case and accents.
+        ("The capital of France is Paris.", "Paris", 1.0),
+        ("the capital is BOGOTA", "Bogotá", 1.0),
+        ("It is Buenos  Aires, of course", "Buenos Aires", 1.0),
+        ("Parisian cafes are nice", "Paris", 0.0),  # whole words only
+        ("The capital is Buenos Dias", "Buenos Aires", 0.0),
+        ("Lyon", "Paris", 0.0),
+        ("anything", "", 0.0),
     ],
 )
 def test_rlvr_reward(response: str, reference: str, reward: float) -> None:

@@ -7,7 +7,7 @@ Objective. Each step takes P prompts x_p and samples G responses y_{p,i} ~ π_ol
 at temperature τ (π_old = the policy at the start of the step). Rewards:
 
     r = w_rlme · Σ_j v_j Σ_k w_k log p_yes_jk(x, y)        (service: evaluators j, meta-questions k)
-      + w_rlvr · [last number in y == last number in the reference]
+      + w_rlvr · [y matches the reference: same last number, or else the reference's words in y]
 
 with (w_rlme, w_rlvr) = (1, 0) for reward "rlme", (0, 1) for "rlvr", the config's weights
 for "mixture". Advantages within each group:
@@ -51,14 +51,17 @@ import math
 import random
 import re
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from rlme.trainer.outputs import plot_rewards, read_jsonl, write_jsonl
+
 DATA_DIR = Path(__file__).parent / "data"
-SHIPPED_TASKS = {"polite": DATA_DIR / "polite.jsonl", "arith": DATA_DIR / "arith.jsonl"}
+SHIPPED_TASKS = {name: DATA_DIR / f"{name}.jsonl" for name in ("polite", "capitals", "arith")}
 STD_EPS = 1e-6
 
 
@@ -67,7 +70,8 @@ class TrainConfig:
     model: str = "embedded"
     """Initial policy: 'embedded' (SmolLM2-135M-Instruct, as the service uses it), a HF folder or .gguf."""
     data: str = "polite"
-    """JSONL of {"prompt": str, "reference": str (optional)}, or a shipped task: 'polite', 'arith'."""
+    """JSONL of {"prompt": str, "reference": str (optional)}, or a shipped task: 'polite', 'capitals',
+    'arith'."""
     group_size: int = 8
     """G: responses sampled per prompt. Advantages compare responses within a group."""
     prompts_per_step: int = 4
@@ -97,7 +101,7 @@ class TrainConfig:
     kl_coef: float = 0.0
     """β of β·KL(π_θ‖π_ref), k3 estimator, π_ref = the frozen initial policy. 0: off, no reference copy."""
     reward: Literal["rlme", "rlvr", "mixture"] = "rlme"
-    """'rlme': the service's reward; 'rlvr': 1 if the last number matches the reference's, else 0;
+    """'rlme': the service's reward; 'rlvr': 1 if the response matches the reference (`rlvr_reward`);
     'mixture': rlme_weight · rlme + rlvr_weight · rlvr."""
     rlme_weight: float = 1.0
     """Weight of the service's reward in 'mixture'."""
@@ -226,11 +230,27 @@ def last_number(text: str) -> float | None:
 
 
 def rlvr_reward(response: str, reference: str) -> float:
-    """1.0 if the response's last number equals the reference's last number, else 0.0."""
-    answer, truth = last_number(response), last_number(reference)
-    if answer is None or truth is None:
+    """The rule check: 1.0 or 0.0.
+
+    A reference with a number: the response's last number must equal it. Otherwise the
+    reference must appear in the response as whole words, ignoring case and accents
+    ("Bogota" matches "the capital is Bogotá.").
+    """
+    truth = last_number(reference)
+    if truth is not None:
+        answer = last_number(response)
+        return 1.0 if answer is not None and math.isclose(answer, truth, rel_tol=1e-9, abs_tol=1e-9) else 0.0
+    words = plain(reference).split()
+    if not words:
         return 0.0
-    return 1.0 if math.isclose(answer, truth, rel_tol=1e-9, abs_tol=1e-9) else 0.0
+    pattern = r"\b" + r"\s+".join(re.escape(w) for w in words) + r"\b"
+    return 1.0 if re.search(pattern, plain(response)) else 0.0
+
+
+def plain(text: str) -> str:
+    """Case- and accent-folded text: 'Brasília' -> 'brasilia'."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 POLITE = re.compile(r"\b(please|thanks?|thank you|sorry|glad|happy to|appreciate|kindly|welcome)\b", re.I)
@@ -467,26 +487,6 @@ def push_live_self(model: Any, tokenizer: Any, cfg: TrainConfig) -> Path:
     return folder
 
 
-def plot_rewards(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = ["reward/mean", "rlvr/accuracy", "rule/polite_rate"]
-    names += sorted({k for h in history for k in h if k.startswith("p_yes/")})
-    names = [n for n in names if any(n in h for h in history)]
-    fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(7, 2.2 * len(names)), squeeze=False)
-    for ax, name in zip(axes[:, 0], names, strict=True):
-        points = [(h["step"], h[name]) for h in history if name in h]
-        ax.plot(*zip(*points, strict=True), marker=".")
-        ax.set_ylabel(name, fontsize=8)
-    axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------- the loop
 
 
@@ -605,17 +605,6 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
     if history:
         plot_rewards(history, out / "rewards.png")
     return model
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]], mode: str = "w") -> None:
-    with path.open(mode) as f:
-        f.writelines(json.dumps(record) + "\n" for record in records)
 
 
 def main(config_path: str) -> None:
