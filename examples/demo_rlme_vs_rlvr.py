@@ -1,13 +1,14 @@
 """CPU demo: RLME against the RLVR baseline on the same task, both curves in one figure.
 
-    .venv/bin/python examples/demo_rlme_vs_rlvr.py          # ~20-30 min on 2 CPU cores
+    .venv/bin/python examples/demo_rlme_vs_rlvr.py          # ~15 min on 2 CPU cores
 
 Starts `rlme serve` (the embedded SmolLM2-135M-Instruct as evaluator), then trains two
-copies of the same policy side by side on the shipped arithmetic task: one rewarded by
-the evaluator's answer to "Is the answer correct?" (RLME, no labels), one by a rule that
-checks the final number against the reference (RLVR). The rule is also the independent
-measure logged for the RLME run (`rlvr/accuracy`). Writes runs/demo/*/metrics.jsonl and
-docs/rlme_vs_rlvr.png.
+copies of the same policy side by side on the shipped capitals task ("What is the capital
+of Peru? Answer in one sentence."): one rewarded by the evaluator's answer to "Is the
+answer correct?" (RLME: the evaluator never sees the reference), one by a rule that checks
+the reference city is named (RLVR). The rule is also the independent measure logged for
+the RLME run (`rlvr/accuracy`). Writes runs/demo/*/metrics.jsonl and docs/rlme_vs_rlvr.png.
+DEMO_STEPS overrides the number of steps.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support import start_server  # noqa: E402
 
 COMMON = {
-    "data": "arith", "group_size": 4, "prompts_per_step": 4, "max_new_tokens": 32,
-    "temperature": 1.0, "lr": 2e-5, "mu": 2, "steps": int(os.environ.get("DEMO_STEPS", "16")),
+    "data": "capitals", "group_size": 6, "prompts_per_step": 4, "max_new_tokens": 24,
+    "temperature": 1.0, "lr": 3e-5, "mu": 2, "steps": int(os.environ.get("DEMO_STEPS", "12")),
     "save_final": False, "seed": 0,
 }  # fmt: skip
 RUNS = {
