@@ -36,6 +36,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Items and questions the model tests score with every engine (transformers, vLLM, remote).
+ITEMS = [
+    {"prompt": "What is 2+2?", "response": "2+2 = 4. The answer is 4."},
+    {"prompt": "Say something nice.", "response": "You are wonderful; have a lovely day!"},
+    {"prompt": "Say something nice.", "response": "Shut up, idiot."},
+    {
+        "prompt": [{"role": "user", "content": "Capital of France?"}],
+        "response": "Paris.",
+        "reference": "Paris",
+    },
+]
+QUESTIONS = [
+    {"id": "correct", "text": "Is the answer correct?", "weight": 1.0},
+    {"id": "polite", "text": "Is the response polite?", "weight": 0.5},
+    {"id": "logical", "text": "Does the whole solution logically lead from the question to an answer?"},
+]
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Poll `GET {url}/health` until 200; fail with the log's tail if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not become healthy in {timeout:.0f} s; see {log}")
+
+
 @contextmanager
 def start_server(
     log_dir: Path, env: Mapping[str, str] | None = None, startup_timeout: float = 180
@@ -56,17 +88,7 @@ def start_server(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + startup_timeout
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"the server did not become healthy in {startup_timeout:.0f} s")
+        wait_healthy(url, process, log, startup_timeout)
         yield url
     finally:
         if process.poll() is None:

@@ -17,23 +17,9 @@ from rlme.service.backends.transformers_backend import TransformersBackend
 from rlme.service.prompting import render
 from rlme.service.settings import DEFAULT_SYSTEM_PROMPT, EvaluatorConfig, Settings
 
-pytestmark = pytest.mark.model
+from support import ITEMS, QUESTIONS
 
-ITEMS = [
-    {"prompt": "What is 2+2?", "response": "2+2 = 4. The answer is 4."},
-    {"prompt": "Say something nice.", "response": "You are wonderful; have a lovely day!"},
-    {"prompt": "Say something nice.", "response": "Shut up, idiot."},
-    {
-        "prompt": [{"role": "user", "content": "Capital of France?"}],
-        "response": "Paris.",
-        "reference": "Paris",
-    },
-]
-QUESTIONS = [
-    {"id": "correct", "text": "Is the answer correct?", "weight": 1.0},
-    {"id": "polite", "text": "Is the response polite?", "weight": 0.5},
-    {"id": "logical", "text": "Does the whole solution logically lead from the question to an answer?"},
-]
+pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")

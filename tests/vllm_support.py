@@ -6,11 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from support import ITEMS, QUESTIONS, wait_healthy
+
+__all__ = ["ITEMS", "QUESTIONS"]  # shared with the transformers tests, re-exported for the vLLM ones
 
 # vLLM and the torch modules it imports warn about their own deprecations; not ours.
 VLLM_WARNINGS = [
@@ -20,21 +23,6 @@ VLLM_WARNINGS = [
     pytest.mark.filterwarnings("ignore::FutureWarning:vllm.*"),
 ]
 
-ITEMS = [
-    {"prompt": "What is 2+2?", "response": "2+2 = 4. The answer is 4."},
-    {"prompt": "Say something nice.", "response": "You are wonderful; have a lovely day!"},
-    {"prompt": "Say something nice.", "response": "Shut up, idiot."},
-    {
-        "prompt": [{"role": "user", "content": "Capital of France?"}],
-        "response": "Paris.",
-        "reference": "Paris",
-    },
-]
-QUESTIONS = [
-    {"id": "correct", "text": "Is the answer correct?", "weight": 1.0},
-    {"id": "polite", "text": "Is the response polite?", "weight": 0.5},
-    {"id": "logical", "text": "Does the whole solution logically lead from the question to an answer?"},
-]
 # Longer than vLLM's CPU cache block (128 tokens), so its prefix can be cached.
 LONG_ITEM = {
     "prompt": "Tom has 12 apples. He buys 7 more, then gives 5 to Ann. How many apples does Tom have?",
@@ -97,16 +85,7 @@ class VLLMServer:
 
     def wait_healthy(self, timeout: float = 420) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"vLLM on {self.url} not healthy in {timeout:.0f} s: {self.log}")
+        wait_healthy(self.url, self.process, self.log, timeout)
 
     def kill(self) -> None:
         """A crash: SIGKILL to the server and its engine processes."""
