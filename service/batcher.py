@@ -62,7 +62,6 @@ class Batcher:
         self.backend = backend  # swapped by a reload; each batch keeps the one it started on
         self.config = config
         self.on_batch = on_batch
-        self.concurrency = concurrency
         self._queue: FairQueue[Pending] = FairQueue()
         self._carry: Pending | None = None  # took from the queue, did not fit the last batch
         self.queued_evaluations = 0
