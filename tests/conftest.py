@@ -9,11 +9,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from rlme.service.app import create_app
 from rlme.service.model_store import EMBEDDED, resolve_model
 from rlme.service.settings import Settings
 
-from support import service_settings
+from support import loaded_app, service_settings
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +27,7 @@ def model_path(settings: Settings) -> Path:
 
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        await app.state.loading
-        assert app.state.pool.ready, app.state.pool.evaluators["default"].status()
+    async with loaded_app(settings) as app:
         yield app
 
 

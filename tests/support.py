@@ -8,12 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from rlme.service.settings import Settings
 
@@ -66,6 +67,18 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout:
             pass
         time.sleep(0.5)
     raise AssertionError(f"{url} did not become healthy in {timeout:.0f} s; see {log}")
+
+
+@asynccontextmanager
+async def loaded_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app in process with its lifespan running and every evaluator loaded."""
+    from rlme.service.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        await app.state.loading
+        assert app.state.pool.ready, {name: e.status() for name, e in app.state.pool.evaluators.items()}
+        yield app
 
 
 @contextmanager

@@ -28,10 +28,9 @@ from vllm_support import (  # noqa: E402
 )
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402
-from rlme.service.app import create_app  # noqa: E402
 from rlme.service.backends.remote_backend import RemoteBackend  # noqa: E402
 
-from support import TEST_MAX_MODEL_LEN, free_port, service_settings  # noqa: E402
+from support import TEST_MAX_MODEL_LEN, free_port, loaded_app, service_settings  # noqa: E402
 
 pytestmark = [pytest.mark.model, pytest.mark.e2e, *VLLM_WARNINGS]
 
@@ -66,10 +65,7 @@ async def remote_app(servers: list[VLLMServer]) -> AsyncIterator[FastAPI]:
             "timeout_s": 120,
         },
     }
-    app = create_app(service_settings(evaluators=[evaluator]))
-    async with app.router.lifespan_context(app):
-        await app.state.loading
-        assert app.state.pool.ready, app.state.pool.evaluators["default"].status()
+    async with loaded_app(service_settings(evaluators=[evaluator])) as app:
         yield app
 
 

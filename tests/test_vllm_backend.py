@@ -10,17 +10,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 pytest.importorskip("vllm")
 
 from vllm_support import ITEMS, LONG_ITEM, QUESTIONS, VLLM_WARNINGS, assert_same_scores, metric  # noqa: E402
 
-from rlme.service.app import create_app  # noqa: E402
 from rlme.service.backends.vllm_backend import VLLMBackend  # noqa: E402
 from rlme.service.settings import EvaluatorConfig  # noqa: E402
 
-from support import TEST_MAX_MODEL_LEN, service_settings  # noqa: E402
+from support import TEST_MAX_MODEL_LEN, loaded_app, service_settings  # noqa: E402
 
 pytestmark = [pytest.mark.model, *VLLM_WARNINGS]
 
@@ -37,10 +35,7 @@ VLLM_EVALUATOR = {
 
 @pytest.fixture(scope="module")
 async def vllm_client() -> AsyncIterator[httpx.AsyncClient]:
-    app: FastAPI = create_app(service_settings(evaluators=[VLLM_EVALUATOR]))
-    async with app.router.lifespan_context(app):
-        await app.state.loading
-        assert app.state.pool.ready, app.state.pool.evaluators["default"].status()
+    async with loaded_app(service_settings(evaluators=[VLLM_EVALUATOR])) as app:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://rlme") as client:
             yield client
