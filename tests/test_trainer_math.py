@@ -18,8 +18,7 @@ from rlme.trainer.grpo import (
     kl_k3,
     load_config,
     load_rows,
-    polite_rule,
-    rlvr_reward,
+    resolve_rule,
     step_rows,
 )
 
@@ -109,49 +108,6 @@ def test_kl_k3() -> None:
     assert kl_k3(logp, ref, torch.ones(1, 2), num_tokens=2).item() == pytest.approx(0.193147 / 2, abs=1e-6)
 
 
-# ---------------------------------------------------------------- rule rewards
-
-
-@pytest.mark.parametrize(
-    ("response", "reference", "reward"),
-    [
-        ("The answer is 42.", "42", 1.0),
-        ("17 - 5 = 12", "12", 1.0),
-        ("That makes 1,234 apples", "1234", 1.0),
-        ("x = 3.50", "3.5", 1.0),
-        ("It drops to -7", "-7", 1.0),
-        ("Step one... so 42", "#### 42", 1.0),  # GSM8K-style reference
-        ("42 or 41? I say 41", "42", 0.0),  # the last number counts
-        ("I do not know", "42", 0.0),
-        ("42", "no number here", 0.0),
-        # A reference without a number: its words, whole, ignoring case and accents.
-        ("The capital of France is Paris.", "Paris", 1.0),
-        ("the capital is BOGOTA", "Bogotá", 1.0),
-        ("It is Buenos  Aires, of course", "Buenos Aires", 1.0),
-        ("Parisian cafes are nice", "Paris", 0.0),  # whole words only
-        ("The capital is Buenos Dias", "Buenos Aires", 0.0),
-        ("Lyon", "Paris", 0.0),
-        ("anything", "", 0.0),
-    ],
-)
-def test_rlvr_reward(response: str, reference: str, reward: float) -> None:
-    assert rlvr_reward(response, reference) == reward
-
-
-@pytest.mark.parametrize(
-    ("response", "score"),
-    [
-        ("Thank you for asking! Here is how.", 1.0),
-        ("I'm sorry to hear that; let me help.", 1.0),
-        ("Thanks, but that is a stupid idea.", 0.0),
-        ("Shut up.", 0.0),
-        ("Here is the answer.", 0.0),
-    ],
-)
-def test_polite_rule(response: str, score: float) -> None:
-    assert polite_rule(response) == score
-
-
 # ---------------------------------------------------------------- rewards through a fake service
 
 
@@ -165,6 +121,7 @@ def test_compute_rewards_mixture_and_anchoring() -> None:
         rewards, metrics = compute_rewards(
             client, cfg, [MetaQuestion.model_validate(q) for q in questions],
             prompts=["What is 2+2?"] * 2, texts=["4", "5"], references=["4", "4"], anchored=[True, False],
+            rule="reference",
         )  # fmt: skip
     # Item 0: anchored (sees "4": -1), correct: 0.5·-1 + 3·1 = 2.5. Item 1: 0.5·-2 + 3·0 = -1.
     assert rewards.tolist() == [2.5, -1.0]
@@ -200,8 +157,27 @@ def test_load_config_yaml_json_and_errors(tmp_path: Path) -> None:
 def test_example_config_and_shipped_data_load() -> None:
     root = Path(__file__).resolve().parents[1]
     load_config(root / "examples" / "train_polite.yaml")
+    load_config(root / "examples" / "train_lists.yaml")
     assert len(load_rows("polite")) >= 50
     assert all(r["reference"] for r in load_rows("arith"))
+    assert len(load_rows("lists")) == 48
+
+
+def test_resolve_rule_defaults_and_errors() -> None:
+    arith, lists = load_rows("arith"), load_rows("lists")
+    assert resolve_rule(TrainConfig(data="arith", reward="rlvr"), arith) == "reference"
+    assert resolve_rule(TrainConfig(data="lists"), lists) == "numbered_list"
+    assert resolve_rule(TrainConfig(data="polite"), load_rows("polite")) == "polite"
+    custom = [{"prompt": "Hi", "reference": "Hello"}]
+    assert resolve_rule(TrainConfig(data="x.jsonl"), custom) == "reference"  # every row has a reference
+    assert resolve_rule(TrainConfig(data="x.jsonl"), [{"prompt": "Hi"}]) is None  # nothing to check
+    assert resolve_rule(TrainConfig(data="x.jsonl", rule="polite"), [{"prompt": "Hi"}]) == "polite"
+    with pytest.raises(ValueError, match="needs a 'reference' on every data row"):
+        resolve_rule(TrainConfig(data="lists", rule="reference"), lists)
+    with pytest.raises(ValueError, match="needs a rule"):
+        resolve_rule(TrainConfig(data="x.jsonl", reward="rlvr"), [{"prompt": "Hi"}])
+    with pytest.raises(ValueError, match="rule must be one of"):
+        TrainConfig(rule="regex")
 
 
 def test_step_rows_walks_shuffled_epochs() -> None:

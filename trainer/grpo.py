@@ -1,13 +1,13 @@
 """GRPO with the CISPO loss; rewards from the rlme service (RLME), a rule (RLVR), or both.
 
-Read top to bottom: config, the pure maths (advantages, loss, rule rewards), rollout,
+Read top to bottom: config, the pure maths (advantages, loss), rollout,
 reward call, update, `train()`, `main()`. Run: `python -m rlme.trainer.grpo --config FILE`.
 
 Objective. Each step takes P prompts x_p and samples G responses y_{p,i} ~ π_old(·|x_p)
 at temperature τ (π_old = the policy at the start of the step). Rewards:
 
     r = w_rlme · Σ_j v_j Σ_k w_k log p_yes_jk(x, y)        (service: evaluators j, meta-questions k)
-      + w_rlvr · [y matches the reference: same last number, or else the reference's words in y]
+      + w_rlvr · [y passes the rule: e.g. matches the reference answer (trainer/rules.py)]
 
 with (w_rlme, w_rlvr) = (1, 0) for reward "rlme", (0, 1) for "rlvr", the config's weights
 for "mixture". Advantages within each group:
@@ -49,9 +49,7 @@ import contextlib
 import json
 import math
 import random
-import re
 import time
-import unicodedata
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -59,9 +57,11 @@ from typing import Any, Literal
 import torch
 
 from rlme.trainer.outputs import plot_rewards, read_jsonl, write_jsonl
+from rlme.trainer.rules import NEEDS_REFERENCE, RULES
 
 DATA_DIR = Path(__file__).parent / "data"
-SHIPPED_TASKS = {name: DATA_DIR / f"{name}.jsonl" for name in ("polite", "capitals", "arith")}
+TASK_RULES = {"polite": "polite", "capitals": "reference", "arith": "reference", "lists": "numbered_list"}
+"""The shipped tasks (trainer/data/NAME.jsonl) and the rule that checks each."""
 STD_EPS = 1e-6
 
 
@@ -71,7 +71,7 @@ class TrainConfig:
     """Initial policy: 'embedded' (SmolLM2-135M-Instruct, as the service uses it), a HF folder or .gguf."""
     data: str = "polite"
     """JSONL of {"prompt": str, "reference": str (optional)}, or a shipped task: 'polite', 'capitals',
-    'arith'."""
+    'arith', 'lists'."""
     group_size: int = 8
     """G: responses sampled per prompt. Advantages compare responses within a group."""
     prompts_per_step: int = 4
@@ -101,8 +101,12 @@ class TrainConfig:
     kl_coef: float = 0.0
     """β of β·KL(π_θ‖π_ref), k3 estimator, π_ref = the frozen initial policy. 0: off, no reference copy."""
     reward: Literal["rlme", "rlvr", "mixture"] = "rlme"
-    """'rlme': the service's reward; 'rlvr': 1 if the response matches the reference (`rlvr_reward`);
+    """'rlme': the service's reward; 'rlvr': 1 if the response passes the `rule`, else 0;
     'mixture': rlme_weight · rlme + rlvr_weight · rlvr."""
+    rule: str | None = None
+    """The rule check (trainer/rules.py): 'reference' (matches the row's reference), 'numbered_list',
+    'polite'. RLVR's reward, and logged for every run as `rlvr/accuracy`, the measure that does not
+    ask the evaluator. null: the shipped task's own, else 'reference' if every row has one, else none."""
     rlme_weight: float = 1.0
     """Weight of the service's reward in 'mixture'."""
     rlvr_weight: float = 1.0
@@ -148,6 +152,8 @@ class TrainConfig:
             raise ValueError("mu, steps, prompts_per_step and micro_batch_size must be >= 1")
         if not 0.0 <= self.anchor_fraction <= 1.0:
             raise ValueError(f"anchor_fraction must be in [0, 1], not {self.anchor_fraction}")
+        if self.rule is not None and self.rule not in RULES:
+            raise ValueError(f"rule must be one of {sorted(RULES)}, not {self.rule!r}")
         if self.reward != "rlvr" and self.rubric is None and not self.questions:
             raise ValueError(f"the {self.reward!r} reward needs a `rubric` or `questions`")
 
@@ -220,57 +226,26 @@ def kl_k3(
     return ((torch.exp(d) - d - 1.0) * mask.to(logp.dtype)).sum() / num_tokens
 
 
-NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-
-
-def last_number(text: str) -> float | None:
-    """The last number in `text` ("1,234.5" counts as 1234.5), or None."""
-    found = NUMBER.findall(text)
-    return float(found[-1].replace(",", "")) if found else None
-
-
-def rlvr_reward(response: str, reference: str) -> float:
-    """The rule check: 1.0 or 0.0.
-
-    A reference with a number: the response's last number must equal it. Otherwise the
-    reference must appear in the response as whole words, ignoring case and accents
-    ("Bogota" matches "the capital is Bogotá.").
-    """
-    truth = last_number(reference)
-    if truth is not None:
-        answer = last_number(response)
-        return 1.0 if answer is not None and math.isclose(answer, truth, rel_tol=1e-9, abs_tol=1e-9) else 0.0
-    words = plain(reference).split()
-    if not words:
-        return 0.0
-    pattern = r"\b" + r"\s+".join(re.escape(w) for w in words) + r"\b"
-    return 1.0 if re.search(pattern, plain(response)) else 0.0
-
-
-def plain(text: str) -> str:
-    """Case- and accent-folded text: 'Brasília' -> 'brasilia'."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-POLITE = re.compile(r"\b(please|thanks?|thank you|sorry|glad|happy to|appreciate|kindly|welcome)\b", re.I)
-RUDE = re.compile(r"\b(stupid|idiot|dumb|shut up|whatever|useless|ridiculous|hate)\b", re.I)
-
-
-def polite_rule(response: str) -> float:
-    """Independent check for the polite task: 1.0 if a courtesy word and no rude word appear."""
-    return 1.0 if POLITE.search(response) and not RUDE.search(response) else 0.0
-
-
 # ---------------------------------------------------------------- data and rollout
 
 
 def load_rows(data: str) -> list[dict[str, Any]]:
-    path = SHIPPED_TASKS.get(data, Path(data))
+    path = DATA_DIR / f"{data}.jsonl" if data in TASK_RULES else Path(data)
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows or any(not isinstance(r.get("prompt"), str) for r in rows):
         raise ValueError(f"{path}: need JSON lines with a string 'prompt' (and optional 'reference')")
     return rows
+
+
+def resolve_rule(cfg: TrainConfig, rows: list[dict[str, Any]]) -> str | None:
+    """The rule responses are checked with (TrainConfig.rule); an error now if it cannot run."""
+    has_references = all(r.get("reference") is not None for r in rows)
+    rule = cfg.rule or TASK_RULES.get(cfg.data) or ("reference" if has_references else None)
+    if rule in NEEDS_REFERENCE and not has_references:
+        raise ValueError(f"the {rule!r} rule needs a 'reference' on every data row")
+    if rule is None and reward_weights(cfg)[1] != 0:
+        raise ValueError(f"the {cfg.reward!r} reward needs a rule: set `rule`, or a 'reference' on every row")
+    return rule
 
 
 def step_rows(num_rows: int, per_step: int, step: int, seed: int) -> list[int]:
@@ -375,10 +350,11 @@ def compute_rewards(
     texts: list[str],
     references: list[str | None],
     anchored: list[bool],
+    rule: str | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Rewards (B,) = w_rlme · service reward + w_rlvr · rule reward, and their metrics.
 
-    The rule check runs whenever references exist, also when it is not in the reward: it is
+    The rule check runs whenever there is a rule, also when it is not in the reward: it is
     the independent measure that shows whether the evaluator's reward tracks the truth.
     """
     w_rlme, w_rlvr = reward_weights(cfg)
@@ -403,17 +379,14 @@ def compute_rewards(
             terms = [sum(s.evaluator_weight * s.weight * math.log(max(s.p_yes, 1e-30)) for s in item)
                      for item in scores]  # fmt: skip
             metrics[f"reward/{q}/mean"] = mean(terms)
-    correct = [
-        rlvr_reward(y, ref) if ref is not None else None for y, ref in zip(texts, references, strict=True)
-    ]
-    checked = [c for c in correct if c is not None]
-    if checked:
-        metrics["rlvr/accuracy"] = mean(checked)
-    if w_rlvr != 0:
-        if len(checked) != len(texts):
-            raise ValueError("the 'rlvr' reward needs a 'reference' on every data row")
-        rewards += w_rlvr * torch.tensor(checked)
-        metrics["reward/rlvr/mean"] = mean(checked)
+    if rule is not None:
+        checks = [RULES[rule](y, ref) for y, ref in zip(texts, references, strict=True)]
+        metrics["rlvr/accuracy"] = mean(checks)
+        if w_rlvr != 0:
+            rewards += w_rlvr * torch.tensor(checks)
+            metrics["reward/rlvr/mean"] = mean(checks)
+    elif w_rlvr != 0:
+        raise ValueError("the rule reward needs a rule (see resolve_rule)")
     return rewards, metrics
 
 
@@ -501,6 +474,7 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
     from rlme.service.settings import Settings
 
     rows = load_rows(cfg.data)
+    rule = resolve_rule(cfg, rows)
     G = cfg.group_size
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if cfg.device == "auto" else cfg.device)
@@ -558,7 +532,7 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
                     )
             t1 = time.perf_counter()
             rewards, metrics = compute_rewards(
-                client, cfg, questions, prompts, rollout.texts, references, anchored
+                client, cfg, questions, prompts, rollout.texts, references, anchored, rule
             )  # (B,)
             t2 = time.perf_counter()
             by_group = rewards.view(-1, G)  # (P, G)
@@ -576,7 +550,6 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
             metrics["reward/mean"] = float(rewards.mean())
             metrics["reward/std"] = float(rewards.std(correction=0))
             metrics["reward/zero_std_groups"] = float((by_group.std(dim=1, correction=0) == 0).float().mean())
-            metrics["rule/polite_rate"] = mean([polite_rule(y) for y in rollout.texts])
             metrics["response/length_mean"] = float(lengths.mean())
             metrics["response/truncated_frac"] = float((lengths == cfg.max_new_tokens).float().mean())
             metrics["anchor/fraction"] = mean([float(a) for a in anchored])

@@ -24,7 +24,7 @@ def plot_rewards(history: list[dict[str, float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["reward/mean", "rlvr/accuracy", "rule/polite_rate"]
+    names = ["reward/mean", "rlvr/accuracy"]
     names += sorted({k for h in history for k in h if k.startswith("p_yes/")})
     names = [n for n in names if any(n in h for h in history)]
     fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(7, 2.2 * len(names)), squeeze=False)
