@@ -115,3 +115,19 @@ class LoadedState:
         if value is None:
             raise RuntimeError(f"evaluator {self.config.name!r} is not loaded yet")
         return value
+
+
+class EventLoopState(LoadedState):
+    """LoadedState for engines that live on the service's event loop (vLLM's AsyncLLM, an
+    HTTP client pool): they load and score only through `setup_async`/`score_async`, so the
+    protocol's synchronous pair refuses, naming the one to await."""
+
+    def setup(self) -> None:
+        raise RuntimeError(
+            f"the {self.config.backend} backend runs on the service's event loop: await setup_async()"
+        )
+
+    def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        raise RuntimeError(
+            f"the {self.config.backend} backend runs on the service's event loop: await score_async()"
+        )

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from rlme.client.wire import Item, MetaQuestion
-from rlme.service.backends.base import LabelLogprobs, LoadedState, ScoringTask, TaskResult
+from rlme.service.backends.base import EventLoopState, LabelLogprobs, ScoringTask, TaskResult
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import encode, label_tokens, render
 from rlme.service.settings import EvaluatorConfig, RemoteOptions
@@ -66,7 +66,7 @@ class Replica:
         self.key = self.url.encode()
 
 
-class RemoteBackend(LoadedState):
+class RemoteBackend(EventLoopState):
     def __init__(
         self,
         config: EvaluatorConfig,
@@ -88,12 +88,6 @@ class RemoteBackend(LoadedState):
         self._client: httpx.AsyncClient | None = None
         self._transport = transport
         self._checker: asyncio.Task[None] | None = None
-
-    def setup(self) -> None:
-        raise RuntimeError("the remote backend runs on the service's event loop: await setup_async()")
-
-    def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
-        raise RuntimeError("the remote backend runs on the service's event loop: await score_async()")
 
     # --- start-up and health -------------------------------------------------------------
 

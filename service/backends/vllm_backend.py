@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlme.service.backends.base import LabelLogprobs, LoadedState, ScoringTask, TaskResult
+from rlme.service.backends.base import EventLoopState, LabelLogprobs, ScoringTask, TaskResult
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import label_tokens
 from rlme.service.settings import EvaluatorConfig
@@ -39,7 +39,7 @@ _RESERVED = {"model", "tokenizer", "logprobs_mode", "skip_tokenizer_init"}
 _DEFAULT_CPU_KVCACHE_GIB = 4
 
 
-class VLLMBackend(LoadedState):
+class VLLMBackend(EventLoopState):
     def __init__(self, config: EvaluatorConfig, cache_dir: Path) -> None:
         clash = _RESERVED & set(config.vllm.extra)
         if clash:
@@ -72,12 +72,6 @@ class VLLMBackend(LoadedState):
             **options.extra,
         }
         return {**args, "model": str(model_path), "logprobs_mode": "raw_logprobs"}
-
-    def setup(self) -> None:
-        raise RuntimeError("the vllm backend runs on the service's event loop: await setup_async()")
-
-    def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
-        raise RuntimeError("the vllm backend runs on the service's event loop: await score_async()")
 
     async def setup_async(self) -> None:
         try:
