@@ -20,10 +20,8 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +31,7 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from workload import QUESTIONS, items  # noqa: E402
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402
@@ -40,6 +39,8 @@ from rlme.service.backends.base import ScoringTask  # noqa: E402
 from rlme.service.backends.transformers_backend import TransformersBackend  # noqa: E402
 from rlme.service.scoring import build_task  # noqa: E402
 from rlme.service.settings import DEFAULT_SYSTEM_PROMPT, EvaluatorConfig, Settings  # noqa: E402
+
+from support import start_server  # noqa: E402
 
 
 def best_of(repeats: int, run: Callable[[], Any]) -> float:
@@ -58,31 +59,6 @@ def tasks_for(
 ) -> list[ScoringTask]:
     meta = [MetaQuestion(**q) for q in questions]
     return [build_task(backend.tokenizer, DEFAULT_SYSTEM_PROMPT, Item(**raw), meta) for raw in batch]
-
-
-class Server:
-    """`rlme serve` on a free port of 127.0.0.1."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "RLME_LOG_LEVEL": "warning"}
-        command = [sys.executable, "-m", "rlme.service.cli", "serve", "--port", str(self.port)]
-        self.process = subprocess.Popen(command, env=env)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.5)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
 
 
 def post_rewards(url: str, batch: list[dict[str, str]], questions: list[dict[str, str]]) -> list[float]:
@@ -154,9 +130,8 @@ def main() -> None:
     one_question = QUESTIONS[:1]
     t_inproc = best_of(args.repeats, lambda: shared.score(tasks_for(shared, short_items, one_question)))
 
-    server = Server()
-    try:
-        t_http = best_of(args.repeats, lambda: post_rewards(server.url, short_items, one_question))
+    with start_server(Path(tempfile.mkdtemp(prefix="rlme-bench-"))) as url:  # log: server.log there
+        t_http = best_of(args.repeats, lambda: post_rewards(url, short_items, one_question))
         row(
             "HTTP overhead (64 items, 1 request)",
             "backend in process",
@@ -169,11 +144,9 @@ def main() -> None:
 
         # 3. dynamic batching over HTTP: 64 single-item callers, one at a time vs all at once.
         singles = short_items
-        t_serial = best_of(
-            args.repeats, lambda: [post_rewards(server.url, [i], one_question) for i in singles]
-        )
+        t_serial = best_of(args.repeats, lambda: [post_rewards(url, [i], one_question) for i in singles])
         t_concurrent = best_of(
-            args.repeats, lambda: asyncio.run(concurrent_singles(server.url, singles, one_question))
+            args.repeats, lambda: asyncio.run(concurrent_singles(url, singles, one_question))
         )
         row(
             "dynamic batching (64 callers x 1 item)",
@@ -185,7 +158,7 @@ def main() -> None:
             5.0,
         )
 
-        t_service = best_of(args.repeats, lambda: post_rewards(server.url, long_items, QUESTIONS))
+        t_service = best_of(args.repeats, lambda: post_rewards(url, long_items, QUESTIONS))
         row(
             "vs per-item HF forward (8 x 4 q)",
             "HF forward per eval",
@@ -195,8 +168,6 @@ def main() -> None:
             32,
             1.5,
         )
-    finally:
-        server.stop()
 
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from workload import QUESTIONS, items  # noqa: E402
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402
@@ -47,15 +47,11 @@ from rlme.service.prompting import render  # noqa: E402
 from rlme.service.scoring import build_task  # noqa: E402
 from rlme.service.settings import DEFAULT_SYSTEM_PROMPT, EvaluatorConfig, Settings  # noqa: E402
 
+from support import free_port, wait_healthy  # noqa: E402
+
 SERVED = "evaluator"
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 MAX_MODEL_LEN = 2048
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Process:
@@ -72,17 +68,7 @@ class Process:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{name} exited; see {self.log}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{name} did not start; see {self.log}")
+        wait_healthy(url, self.process, self.log, timeout=600)
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
