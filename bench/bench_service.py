@@ -35,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from workload import QUESTIONS, items  # noqa: E402
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402
-from rlme.service.backends.base import ScoringTask  # noqa: E402
+from rlme.service.backends.base import (
+    ScoringTask,  # noqa: E402
+    build_task,  # noqa: E402
+)
 from rlme.service.backends.transformers_backend import TransformersBackend  # noqa: E402
-from rlme.service.scoring import build_task  # noqa: E402
 from rlme.service.settings import DEFAULT_SYSTEM_PROMPT, EvaluatorConfig, Settings  # noqa: E402
 
 from support import start_server  # noqa: E402

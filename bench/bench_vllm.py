@@ -39,12 +39,14 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from workload import QUESTIONS, items  # noqa: E402
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402
-from rlme.service.backends.base import ScoringTask  # noqa: E402
+from rlme.service.backends.base import (
+    ScoringTask,  # noqa: E402
+    build_task,  # noqa: E402
+)
 from rlme.service.backends.transformers_backend import TransformersBackend  # noqa: E402
 from rlme.service.backends.vllm_backend import VLLMBackend  # noqa: E402
 from rlme.service.model_store import resolve_model  # noqa: E402
 from rlme.service.prompting import render  # noqa: E402
-from rlme.service.scoring import build_task  # noqa: E402
 from rlme.service.settings import DEFAULT_SYSTEM_PROMPT, EvaluatorConfig, Settings  # noqa: E402
 
 from support import free_port, wait_healthy  # noqa: E402

@@ -113,6 +113,16 @@ class QuestionScore(BaseModel):
     logp_no: float = Field(description="Full-vocabulary log-prob of the no labels.")
     weight: float = Field(description="The question's weight w_k.")
     evaluator_weight: float = Field(default=1.0, description="The evaluator's weight v_j.")
+    label_mass: float | None = Field(
+        default=None,
+        description="P(yes labels) + P(no labels) over the full vocabulary: how much the evaluator "
+        "answers yes/no at all. Absent from servers older than this field.",
+    )
+    low_label_mass: bool = Field(
+        default=False,
+        description="label_mass is below the evaluator's `min_label_mass`: p_yes then compares two "
+        "answers the evaluator hardly gives; look at the item before trusting its reward.",
+    )
 
 
 class ItemResult(BaseModel):
@@ -151,6 +161,11 @@ class EvaluatorInfo(BaseModel):
     loaded: bool
     yes_tokens: list[str]
     no_tokens: list[str]
+    label_mass_at_load: float | None = Field(
+        default=None,
+        description="P(yes labels) + P(no labels) on a sample evaluation when the weights were "
+        "loaded; far below 1 means the model answers with something else (see min_label_mass).",
+    )
 
 
 class EvaluatorList(BaseModel):

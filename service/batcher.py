@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rlme.service.backends.base import Backend, ScoringTask, TaskResult
+from rlme.service.backends.base import Backend, ScoringTask, TaskResult, score_now
 from rlme.service.errors import DeadlineExceeded, Overloaded, ServiceStopping
 from rlme.service.fair_queue import FairQueue
 from rlme.service.settings import BatchingConfig
@@ -179,12 +179,7 @@ class Batcher:
     async def _score(self, batch: list[Pending], backend: Backend) -> None:
         started = time.perf_counter()
         try:
-            tasks = [p.task for p in batch]
-            score_async = getattr(backend, "score_async", None)
-            if score_async is not None:  # engines with their own event loop (vLLM, remote)
-                results = await score_async(tasks)
-            else:  # blocking engines run in a thread so the event loop stays free
-                results = await asyncio.to_thread(backend.score, tasks)
+            results = await score_now(backend, [p.task for p in batch])
         except Exception as exc:  # isolate the bad item: score each task on its own
             if len(batch) == 1:
                 log.warning("evaluator %r failed a task: %s", self.name, exc)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
-from rlme.service.backends.base import Backend
+from rlme.service.backends.base import Backend, build_task, score_now
 from rlme.service.batcher import Batcher
 from rlme.service.metrics import Metrics
+from rlme.service.prompting import SAMPLE_ITEM, SAMPLE_QUESTION
 from rlme.service.settings import EvaluatorConfig
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Evaluator:
         self.cache_dir = cache_dir
         self.loaded = False
         self.generation = 0  # how many times the weights were reloaded
+        self.startup_label_mass: float | None = None  # set by the label check at load
         self._reload_lock = asyncio.Lock()
         concurrency = config.batching.max_concurrent_batches or DEFAULT_CONCURRENCY[config.backend]
         self.batcher = Batcher(
@@ -70,6 +73,7 @@ class Evaluator:
     async def load(self) -> None:
         try:
             await _setup(self.backend)
+            self.startup_label_mass = await check_labels(self.config, self.backend)
         except Exception:
             log.exception("evaluator %r failed to load", self.name)
             raise
@@ -88,6 +92,7 @@ class Evaluator:
             config = self.config.model_copy(update={"model": model}) if model else self.config
             backend = build_backend(config, self.cache_dir)
             await _setup(backend)
+            label_mass = await check_labels(config, backend)
             if self.loaded and backend.labels != self.backend.labels:
                 raise ValueError(
                     f"the new model's label tokens {backend.labels.yes_tokens}/{backend.labels.no_tokens} "
@@ -99,6 +104,7 @@ class Evaluator:
                 self._metrics.replica_up.remove(self.name, replica.url)
             self._watch_replicas()
             self.generation += 1
+            self.startup_label_mass = label_mass
             self._metrics.reloads.labels(self.name).inc()
             if not self.loaded:  # a reload can repair an evaluator that failed to load
                 self.batcher.start()
@@ -112,6 +118,33 @@ class Evaluator:
     def status(self) -> str:
         # Once loaded, the engine's own view: a dead vLLM engine or a pool with no replica up.
         return self.backend.health()
+
+
+async def check_labels(config: EvaluatorConfig, backend: Backend) -> float:
+    """P(yes labels) + P(no labels) after a sample evaluation; warns, with the fix, when low.
+
+    A reasoning model whose template opens a <think> block, or a model that answers in
+    another language, gives the labels almost no probability: its p_yes would compare two
+    answers it never gives.
+    """
+    task = build_task(
+        backend.tokenizer, config.system_prompt, SAMPLE_ITEM, [SAMPLE_QUESTION], config.chat_template_kwargs
+    )
+    [result] = await score_now(backend, [task])
+    label = result.scores[0]
+    mass = math.exp(label.logp_yes) + math.exp(label.logp_no)
+    if mass < config.min_label_mass:
+        log.warning(
+            "evaluator %r: the labels %s/%s get only %.4f of the probability after the rendered prompt, "
+            "so the model begins its answer with something else (a <think> block?). Fix: set "
+            "chat_template_kwargs (e.g. {enable_thinking: false}) or yes_words/no_words the model "
+            "answers with. Scores will be marked low_label_mass.",
+            config.name,
+            backend.labels.yes_tokens,
+            backend.labels.no_tokens,
+            mass,
+        )
+    return mass
 
 
 async def _setup(backend: Backend) -> None:

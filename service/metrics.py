@@ -49,6 +49,12 @@ class Metrics:
             ["evaluator"],
             registry=r,
         )
+        self.low_label_mass = Counter(
+            "rlme_low_label_mass",
+            "Scores whose yes+no label probability fell below the evaluator's min_label_mass.",
+            ["evaluator"],
+            registry=r,
+        )
         self.reloads = Counter(
             "rlme_evaluator_reloads", "Weight reloads (live self).", ["evaluator"], registry=r
         )

@@ -1,24 +1,49 @@
 """How an (item, meta-question) becomes the evaluator's input, and which tokens mean Yes/No.
 
 Layout: the evaluator's chat template over [system, user], where the user turn shows
-the prompt, the response, the reference (if any) and, last, the meta-question. Every
-question of an item therefore shares the same leading tokens, which the backends compute
-once (prefix sharing in transformers, prefix caching in vLLM).
+the prompt, the response and the reference (if any), each inside its own tags, then,
+last, the meta-question. Every question of an item therefore shares the same leading
+tokens, which the backends compute once (prefix sharing in transformers, prefix caching
+in vLLM).
 
-We tokenize each full text from scratch and find the shared prefix as the longest common
-token prefix, so the tokens scored with prefix sharing are exactly the tokens scored
-without it, whatever the tokenizer does at the question boundary.
+Caller text is data, never control: it is tokenised so that special-token strings in it
+(`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, ...) become ordinary text tokens, and the
+only control tokens in an evaluation are the ones the chat template itself writes
+(transformers' `apply_chat_template(..., sanitize_control_tokens=True)`). Tags that the
+caller's text could use to close its own section (`</response>`) are escaped, so text
+that imitates the layout stays inside the section it was written in. Every backend
+receives these token ids; no server re-tokenises caller text.
+
+We tokenize each full evaluation from scratch and find the shared prefix as the longest
+common token prefix, so the tokens scored with prefix sharing are exactly the tokens
+scored without it, whatever the tokenizer does at the question boundary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from jinja2.exceptions import TemplateError
 
 from rlme.client.wire import ChatMessage, Item, MetaQuestion
 
 ANSWER_INSTRUCTION = "Answer with Yes or No."
+
+# An evaluation every evaluator should answer with a label: start-up and replica checks.
+SAMPLE_ITEM = Item(prompt="What is 2+2?", response="2 + 2 = 4. The answer is 4.")
+SAMPLE_QUESTION = MetaQuestion(id="check", text="Is the answer correct?")
+
+# The sections of the user turn. Caller text that opens or closes one of them is escaped.
+SECTION_TAGS = ("prompt", "response", "reference")
+_FORGED_TAG = re.compile(r"<(/?)\s*(" + "|".join(SECTION_TAGS) + r")(\s*)>", re.IGNORECASE)
+
+# A fast tokenizer switches "split special tokens" on a state it shares between calls, so
+# two threads tokenizing at once could read each other's setting: one lock serialises them.
+_TOKENIZE_LOCK = threading.Lock()
 
 
 class Tokenizer(Protocol):
@@ -27,41 +52,123 @@ class Tokenizer(Protocol):
     chat_template: Any
 
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = ..., **kwargs: Any) -> list[int]: ...
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
 
 
 def prompt_as_text(prompt: str | list[ChatMessage]) -> str:
+    """A chat prompt is shown as a quoted conversation, never as turns of the evaluator's own."""
     if isinstance(prompt, str):
         return prompt
     return "\n".join(f"{m.role}: {m.content}" for m in prompt)
 
 
+def escape_sections(text: str) -> str:
+    """`</response>` in caller text becomes `&lt;/response&gt;`: it cannot end its section."""
+    return _FORGED_TAG.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}{m.group(3)}&gt;", text)
+
+
+def section(tag: str, text: str) -> str:
+    return f"<{tag}>\n{escape_sections(text)}\n</{tag}>"
+
+
 def user_message(item: Item, question: MetaQuestion) -> str:
-    parts = [f"Prompt:\n{prompt_as_text(item.prompt)}", f"Response:\n{item.response}"]
+    parts = [section("prompt", prompt_as_text(item.prompt)), section("response", item.response)]
     if item.reference is not None:
-        parts.append(f"Reference (ground truth or context):\n{item.reference}")
+        parts.append(section("reference", item.reference))
     parts.append(f"Question: {question.text}\n{ANSWER_INSTRUCTION}")
     return "\n\n".join(parts)
 
 
-def render(tokenizer: Tokenizer, system_prompt: str, item: Item, question: MetaQuestion) -> str:
-    """The evaluator's full input text, ending where its Yes/No answer would begin."""
-    user = user_message(item, question)
+def _conversation(system_prompt: str, user: str, merged: bool) -> list[dict[str, str]]:
+    if merged:  # templates without a system role (e.g. Gemma) get it at the top of the user turn
+        return [{"role": "user", "content": f"{system_prompt}\n\n{user}"}]
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+
+def _apply_template(
+    tokenizer: Tokenizer, system_prompt: str, user: str, template_kwargs: Mapping[str, Any], **kwargs: Any
+) -> Any:
+    for merged in (False, True):
+        try:
+            return tokenizer.apply_chat_template(
+                _conversation(system_prompt, user, merged),
+                add_generation_prompt=True,
+                **kwargs,
+                **template_kwargs,
+            )
+        except TemplateError:  # raised by templates that refuse a system message
+            if merged:
+                raise
+    raise AssertionError("unreachable")
+
+
+def render_turn(
+    tokenizer: Tokenizer, system_prompt: str, user: str, template_kwargs: Mapping[str, Any] | None = None
+) -> str:
+    """The evaluator's input as text (for people and logs; the backends get `tokenize_turn`)."""
     if not tokenizer.chat_template:
         return f"{system_prompt}\n\n{user}\nAnswer:"
-    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
-    try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception:  # templates without a system role (e.g. Gemma) reject it
-        merged = [{"role": "user", "content": f"{system_prompt}\n\n{user}"}]
-        text = tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
-    return str(text)
+    return str(_apply_template(tokenizer, system_prompt, user, template_kwargs or {}, tokenize=False))
+
+
+def tokenize_turn(
+    tokenizer: Tokenizer, system_prompt: str, user: str, template_kwargs: Mapping[str, Any] | None = None
+) -> list[int]:
+    """Token ids of [system, user] + the generation prompt, control tokens in `user` as text.
+
+    The system prompt is the operator's; `user` holds caller text. Without a chat template
+    (base models) the layout is plain text and only `user` is tokenised with special
+    tokens split.
+    """
+    with _TOKENIZE_LOCK:
+        if not tokenizer.chat_template:
+            return [
+                *tokenizer.encode(f"{system_prompt}\n\n", add_special_tokens=False),
+                *tokenizer.encode(user, add_special_tokens=False, split_special_tokens=True),
+                *tokenizer.encode("\nAnswer:", add_special_tokens=False),
+            ]
+        ids = _apply_template(
+            tokenizer,
+            system_prompt,
+            user,
+            template_kwargs or {},
+            tokenize=True,
+            return_dict=False,
+            sanitize_control_tokens=True,
+        )
+    return list(ids)
+
+
+def render(
+    tokenizer: Tokenizer,
+    system_prompt: str,
+    item: Item,
+    question: MetaQuestion,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> str:
+    """The evaluator's full input text, ending where its Yes/No answer would begin."""
+    return render_turn(tokenizer, system_prompt, user_message(item, question), template_kwargs)
+
+
+def tokenize(
+    tokenizer: Tokenizer,
+    system_prompt: str,
+    item: Item,
+    question: MetaQuestion,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> list[int]:
+    """The evaluation's token ids, caller text as text (see the module docstring)."""
+    return tokenize_turn(tokenizer, system_prompt, user_message(item, question), template_kwargs)
 
 
 def encode(tokenizer: Tokenizer, text: str) -> list[int]:
-    # The chat template already wrote any BOS; adding special tokens would double it.
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    """Trusted text (our own layout, label words): special-token strings stay special.
+
+    The chat template already wrote any BOS; adding special tokens would double it.
+    """
+    with _TOKENIZE_LOCK:
+        return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def common_prefix_len(sequences: Sequence[Sequence[int]]) -> int:

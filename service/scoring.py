@@ -22,7 +22,7 @@ from rlme.client.wire import (
     RewardResponse,
     Usage,
 )
-from rlme.service.backends.base import ScoringTask, TaskResult
+from rlme.service.backends.base import ScoringTask, TaskResult, build_task
 from rlme.service.errors import (
     EvaluatorFailed,
     InvalidRequest,
@@ -32,24 +32,12 @@ from rlme.service.errors import (
 )
 from rlme.service.evaluators import Evaluator, EvaluatorPool
 from rlme.service.metrics import Metrics
-from rlme.service.prompting import Tokenizer, common_prefix_len, encode, render
 from rlme.service.reward_math import log_p_yes, weighted_reward
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
 
 # Rendering many items blocks the event loop; above this many texts, use a thread.
 _INLINE_RENDER_LIMIT = 64
-
-
-def build_task(
-    tokenizer: Tokenizer, system_prompt: str, item: Item, questions: list[MetaQuestion]
-) -> ScoringTask:
-    """One item's questions as full token sequences, and the prefix they share."""
-    sequences = tuple(tuple(encode(tokenizer, render(tokenizer, system_prompt, item, q))) for q in questions)
-    shortest = min(len(s) for s in sequences)
-    # Keep at least one token per question after the prefix: its logits are the answer.
-    prefix_len = min(common_prefix_len(sequences), shortest - 1)
-    return ScoringTask(sequences=sequences, prefix_len=prefix_len)
 
 
 @dataclass(frozen=True)
@@ -133,7 +121,10 @@ class RewardScorer:
         backend = evaluator.backend
         tasks = []
         for i, item in enumerate(items):
-            task = build_task(backend.tokenizer, evaluator.config.system_prompt, item, questions)
+            config = evaluator.config
+            task = build_task(
+                backend.tokenizer, config.system_prompt, item, questions, config.chat_template_kwargs
+            )
             longest = max(len(s) for s in task.sequences)
             if longest > backend.max_model_len:
                 raise PayloadTooLarge(
@@ -196,6 +187,7 @@ class RewardScorer:
         terms: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
         usage = Usage(evaluations=0, prompt_tokens=0, cached_prompt_tokens=0)
         for j, ((evaluator, v), tasks) in enumerate(zip(plan.evaluators, per_evaluator, strict=True)):
+            low_masses = 0
             for i, (task, result) in enumerate(zip(tasks, results[j * n : (j + 1) * n], strict=True)):
                 usage.evaluations += len(task.sequences)
                 usage.prompt_tokens += task.prompt_tokens
@@ -203,6 +195,9 @@ class RewardScorer:
                 for question, label in zip(plan.questions, result.scores, strict=True):
                     logp = log_p_yes(label.logp_yes, label.logp_no)
                     terms[i].append((v, question.weight, logp))
+                    mass = math.exp(label.logp_yes) + math.exp(label.logp_no)
+                    low_mass = mass < evaluator.config.min_label_mass
+                    low_masses += low_mass
                     scores[i].append(
                         QuestionScore(
                             evaluator=evaluator.name,
@@ -212,10 +207,13 @@ class RewardScorer:
                             logp_no=label.logp_no,
                             weight=question.weight,
                             evaluator_weight=v,
+                            label_mass=mass,
+                            low_label_mass=low_mass,
                         )
                     )
             self.metrics.evaluations.labels(evaluator.name).inc(sum(len(t.sequences) for t in tasks))
             self.metrics.prompt_tokens.labels(evaluator.name).inc(sum(t.prompt_tokens for t in tasks))
+            self.metrics.low_label_mass.labels(evaluator.name).inc(low_masses)
             self.metrics.cached_prompt_tokens.labels(evaluator.name).inc(
                 sum(r.cached_prompt_tokens for r in results[j * n : (j + 1) * n])
             )

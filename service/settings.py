@@ -82,6 +82,18 @@ class EvaluatorConfig(_Strict):
     yes_words: list[str] = Field(default_factory=lambda: ["Yes"], min_length=1)
     no_words: list[str] = Field(default_factory=lambda: ["No"], min_length=1)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra variables for the model's chat template, e.g. {enable_thinking: false} for "
+        "reasoning models whose template would otherwise open a <think> block before the answer.",
+    )
+    min_label_mass: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="P(yes labels) + P(no labels) below this marks a score `low_label_mass` (the evaluator "
+        "is not answering yes/no) and is counted in rlme_low_label_mass_total; also checked at start-up.",
+    )
     prefix_sharing: bool = Field(True, description="Compute an item's shared prefix once.")
     max_model_len: int | None = Field(
         None, ge=16, description="Longest evaluation in tokens; default: the model's context."

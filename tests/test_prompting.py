@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from rlme.client.wire import ChatMessage, Item, MetaQuestion
-from rlme.service.prompting import common_prefix_len, encode, label_tokens, render
+from rlme.service.prompting import common_prefix_len, encode, label_tokens, render, tokenize
 
 QUESTION = MetaQuestion(id="correct", text="Is the answer correct?")
 
@@ -22,7 +22,7 @@ class TemplatelessTokenizer:
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any:
         raise AssertionError("must not be called without a template")
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False, **kwargs: Any) -> list[int]:
         return [ord(c) for c in text]
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
@@ -33,10 +33,11 @@ def test_render_without_template_puts_question_last() -> None:
     item = Item(prompt="What is 2+2?", response="4", reference="4")
     text = render(TemplatelessTokenizer(), "SYS", item, QUESTION)
     assert text == (
-        "SYS\n\nPrompt:\nWhat is 2+2?\n\nResponse:\n4\n\n"
-        "Reference (ground truth or context):\n4\n\n"
+        "SYS\n\n<prompt>\nWhat is 2+2?\n</prompt>\n\n<response>\n4\n</response>\n\n"
+        "<reference>\n4\n</reference>\n\n"
         "Question: Is the answer correct?\nAnswer with Yes or No.\nAnswer:"
     )
+    assert tokenize(TemplatelessTokenizer(), "SYS", item, QUESTION) == [ord(c) for c in text]
 
 
 def test_render_with_smollm2_chat_template(model_path: Path) -> None:
@@ -45,10 +46,24 @@ def test_render_with_smollm2_chat_template(model_path: Path) -> None:
     text = render(tokenizer, "SYS", Item(prompt=chat, response="Hello!"), QUESTION)
     assert text == (
         "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n"
-        "Prompt:\nsystem: Be brief.\nuser: Hi\n\nResponse:\nHello!\n\n"
+        "<prompt>\nsystem: Be brief.\nuser: Hi\n</prompt>\n\n<response>\nHello!\n</response>\n\n"
         "Question: Is the answer correct?\nAnswer with Yes or No.<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+    # Benign text tokenises the same whole or in pieces.
+    item = Item(prompt=chat, response="Hello!")
+    assert tokenize(tokenizer, "SYS", item, QUESTION) == tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_chat_template_kwargs_reach_the_template(model_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "<|im_start|>assistant\n{% if not enable_thinking %}<think></think>{% endif %}"
+    )
+    item = Item(prompt="Hi", response="Hello!")
+    assert render(tokenizer, "SYS", item, QUESTION, {"enable_thinking": True}).endswith("assistant\n")
+    assert render(tokenizer, "SYS", item, QUESTION, {"enable_thinking": False}).endswith("<think></think>")
 
 
 def test_common_prefix_len() -> None:

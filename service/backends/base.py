@@ -7,12 +7,14 @@ so a new engine is one small class (LitServe's `LitAPI` is the model).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlme.service.prompting import LabelTokens, Tokenizer
+from rlme.client.wire import Item, MetaQuestion
+from rlme.service.prompting import LabelTokens, Tokenizer, common_prefix_len, tokenize
 from rlme.service.settings import EvaluatorConfig
 
 
@@ -39,6 +41,21 @@ class ScoringTask:
     def split(self) -> list[ScoringTask]:
         """One task per question, each scored from scratch."""
         return [ScoringTask(sequences=(s,), prefix_len=len(s) - 1) for s in self.sequences]
+
+
+def build_task(
+    tokenizer: Tokenizer,
+    system_prompt: str,
+    item: Item,
+    questions: list[MetaQuestion],
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> ScoringTask:
+    """One item's questions as full token sequences, and the prefix they share."""
+    sequences = tuple(tuple(tokenize(tokenizer, system_prompt, item, q, template_kwargs)) for q in questions)
+    shortest = min(len(s) for s in sequences)
+    # Keep at least one token per question after the prefix: its logits are the answer.
+    prefix_len = min(common_prefix_len(sequences), shortest - 1)
+    return ScoringTask(sequences=sequences, prefix_len=prefix_len)
 
 
 @dataclass(frozen=True)
@@ -131,3 +148,11 @@ class EventLoopState(LoadedState):
         raise RuntimeError(
             f"the {self.config.backend} backend runs on the service's event loop: await score_async()"
         )
+
+
+async def score_now(backend: Backend, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+    """Score on the engine's own terms: awaited on the event loop, or in a worker thread."""
+    score_async = getattr(backend, "score_async", None)
+    if score_async is not None:  # engines with their own event loop (vLLM, remote)
+        return list(await score_async(tasks))
+    return await asyncio.to_thread(backend.score, tasks)  # keeps the event loop free

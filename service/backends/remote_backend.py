@@ -30,16 +30,13 @@ from typing import Any
 
 import httpx
 
-from rlme.client.wire import Item, MetaQuestion
 from rlme.service.backends.base import EventLoopState, LabelLogprobs, ScoringTask, TaskResult
 from rlme.service.model_store import resolve_model
-from rlme.service.prompting import encode, label_tokens, render
+from rlme.service.prompting import SAMPLE_ITEM, SAMPLE_QUESTION, encode, label_tokens, render
 from rlme.service.settings import EvaluatorConfig, RemoteOptions
 
 log = logging.getLogger(__name__)
 
-_CHECK_ITEM = Item(prompt="What is 2+2?", response="2 + 2 = 4. The answer is 4.")
-_CHECK_QUESTION = MetaQuestion(id="check", text="Is the answer correct?")
 _HEALTH_TIMEOUT_S = 5.0
 
 
@@ -169,8 +166,10 @@ class RemoteBackend(EventLoopState):
         card = next(m for m in models if m["id"] == (wanted or served[0]))
         replica.model, replica.max_model_len = card["id"], card.get("max_model_len")
         # The server must split text into the same tokens as we do, labels included.
-        tokenizer, labels = self.tokenizer, self.labels
-        sample = render(tokenizer, self.config.system_prompt, _CHECK_ITEM, _CHECK_QUESTION)
+        tokenizer, labels, config = self.tokenizer, self.labels, self.config
+        sample = render(
+            tokenizer, config.system_prompt, SAMPLE_ITEM, SAMPLE_QUESTION, config.chat_template_kwargs
+        )
         label_texts = [self._tokenizer.decode([i]) for i in (*labels.yes_ids, *labels.no_ids)]
         for text in [sample, *label_texts]:
             body = {"model": replica.model, "prompt": text, "add_special_tokens": False}

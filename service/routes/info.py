@@ -42,6 +42,7 @@ async def evaluators(pool: PoolDep, settings: SettingsDep) -> EvaluatorList:
                 loaded=evaluator.loaded,
                 yes_tokens=list(labels.yes_tokens) if labels else [],
                 no_tokens=list(labels.no_tokens) if labels else [],
+                label_mass_at_load=evaluator.startup_label_mass,
             )
         )
     return EvaluatorList(default=settings.default_evaluator_name, evaluators=infos)
