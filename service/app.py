@@ -12,9 +12,10 @@ from fastapi import FastAPI
 from rlme.service.auth import KeyRing
 from rlme.service.errors import install_error_handlers
 from rlme.service.evaluators import EvaluatorPool
+from rlme.service.judging import JudgeService
 from rlme.service.metrics import Metrics
 from rlme.service.middleware import RequestContextMiddleware
-from rlme.service.routes import admin, compat, info, rewards
+from rlme.service.routes import admin, compat, info, judges, rewards
 from rlme.service.scoring import RewardScorer
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
@@ -49,9 +50,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.pool = pool
     app.state.keyring = KeyRing(settings)
-    app.state.scorer = RewardScorer(settings, pool, metrics, Tenants(settings))
+    tenants = Tenants(settings)
+    app.state.scorer = RewardScorer(settings, pool, metrics, tenants)
+    app.state.judge = JudgeService(settings, pool, metrics, tenants)
     install_error_handlers(app)
     app.include_router(rewards.router)
+    app.include_router(judges.router)
     app.include_router(compat.router)
     app.include_router(info.router)
     app.include_router(admin.router)

@@ -1,6 +1,8 @@
 """One dynamic batcher per evaluator: work from all concurrent requests, one engine.
 
-Callers `submit()` a ScoringTask (one item's questions) and await its result. Tasks wait
+Callers `submit()` work and await its result: a ScoringTask (one item's questions, one
+prefill each) or a GenerationTask (a judge prompt and its N samples). A batch holds one
+kind of work, so the engine gets its prefills and its decoding in separate calls. Tasks wait
 in a FairQueue, so tenants are served in weighted fair order. A worker
 takes the first queued task, waits up to `max_wait_ms` for company, and flushes when the
 batch reaches `max_batch_evaluations` or the next task would pass `max_batch_tokens`.
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rlme.service.backends.base import Backend, ScoringTask, TaskResult, score_now
+from rlme.service.backends.base import Backend, GenerationResult, TaskResult, Work, run_batch
 from rlme.service.errors import DeadlineExceeded, Overloaded, ServiceStopping
 from rlme.service.fair_queue import FairQueue
 from rlme.service.settings import BatchingConfig
@@ -32,10 +34,13 @@ from rlme.service.settings import BatchingConfig
 log = logging.getLogger(__name__)
 
 
+Outcome = TaskResult | GenerationResult
+
+
 @dataclass
 class Pending:
-    task: ScoringTask
-    future: asyncio.Future[TaskResult]
+    task: Work
+    future: asyncio.Future[Outcome]
     enqueued_at: float
     deadline: float
     tenant: str = "anonymous"
@@ -43,7 +48,7 @@ class Pending:
     start_tag: float = 0.0  # set by the FairQueue
 
     def __post_init__(self) -> None:
-        self.evaluations = len(self.task.sequences)
+        self.evaluations = self.task.evaluations
 
 
 BatchObserver = Callable[[int, int, float], None]  # (evaluations, tasks, seconds)
@@ -102,18 +107,18 @@ class Batcher:
         return max(1.0, min(30.0, self.queued_evaluations / max(1, self.config.max_batch_evaluations)))
 
     async def submit(
-        self, task: ScoringTask, deadline: float, tenant: str = "anonymous", weight: float = 1.0
-    ) -> TaskResult:
+        self, task: Work, deadline: float, tenant: str = "anonymous", weight: float = 1.0
+    ) -> Outcome:
         if self._stopping:
             raise ServiceStopping()
-        evaluations = len(task.sequences)
+        evaluations = task.evaluations
         if self.queued_evaluations + evaluations > self.config.max_queue_evaluations:
             raise Overloaded(
                 f"evaluator {self.name!r} has {self.queued_evaluations} evaluations queued "
                 f"(limit {self.config.max_queue_evaluations})",
                 retry_after_s=self.retry_after_s(),
             )
-        future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         pending = Pending(
             task=task, future=future, enqueued_at=time.monotonic(), deadline=deadline, tenant=tenant
         )
@@ -138,7 +143,8 @@ class Batcher:
                 break
             too_many = evaluations + pending.evaluations > self.config.max_batch_evaluations
             too_long = tokens + pending.task.prompt_tokens > self.config.max_batch_tokens
-            if too_many or too_long:
+            other_kind = type(pending.task) is not type(first.task)
+            if too_many or too_long or other_kind:
                 self._carry = pending
                 break
             batch.append(pending)
@@ -179,7 +185,7 @@ class Batcher:
     async def _score(self, batch: list[Pending], backend: Backend) -> None:
         started = time.perf_counter()
         try:
-            results = await score_now(backend, [p.task for p in batch])
+            results: list[Outcome] = list(await run_batch(backend, [p.task for p in batch]))
         except Exception as exc:  # isolate the bad item: score each task on its own
             if len(batch) == 1:
                 log.warning("evaluator %r failed a task: %s", self.name, exc)
@@ -196,7 +202,7 @@ class Batcher:
             _settle(pending, result)
 
 
-def _settle(pending: Pending, outcome: TaskResult | BaseException) -> None:
+def _settle(pending: Pending, outcome: Outcome | BaseException) -> None:
     if pending.future.done():
         return
     if isinstance(outcome, BaseException):

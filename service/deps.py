@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from rlme.service.evaluators import EvaluatorPool
+from rlme.service.judging import JudgeService
 from rlme.service.metrics import Metrics
 from rlme.service.scoring import RewardScorer
 from rlme.service.settings import Settings
@@ -27,6 +28,11 @@ def get_scorer(request: Request) -> RewardScorer:
     return scorer
 
 
+def get_judge(request: Request) -> JudgeService:
+    judge: JudgeService = request.app.state.judge
+    return judge
+
+
 def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -35,4 +41,5 @@ def get_metrics(request: Request) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolDep = Annotated[EvaluatorPool, Depends(get_pool)]
 ScorerDep = Annotated[RewardScorer, Depends(get_scorer)]
+JudgeDep = Annotated[JudgeService, Depends(get_judge)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -55,6 +55,19 @@ class Metrics:
             ["evaluator"],
             registry=r,
         )
+        self.generated_tokens = Counter(
+            "rlme_generated_tokens", "Tokens written by generative judges.", ["evaluator"], registry=r
+        )
+        self.judgments = Counter(
+            "rlme_judgments", "Judgments written (samples).", ["evaluator", "route"], registry=r
+        )
+        self.judgment_seconds = Histogram(
+            "rlme_judgment_seconds",
+            "Wall time of a judge request divided by the judgments it wrote.",
+            ["evaluator", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.reloads = Counter(
             "rlme_evaluator_reloads", "Weight reloads (live self).", ["evaluator"], registry=r
         )

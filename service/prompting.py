@@ -38,7 +38,7 @@ SAMPLE_ITEM = Item(prompt="What is 2+2?", response="2 + 2 = 4. The answer is 4."
 SAMPLE_QUESTION = MetaQuestion(id="check", text="Is the answer correct?")
 
 # The sections of the user turn. Caller text that opens or closes one of them is escaped.
-SECTION_TAGS = ("prompt", "response", "reference")
+SECTION_TAGS = ("prompt", "response", "reference", "response_a", "response_b", "judgment_a", "judgment_b")
 _FORGED_TAG = re.compile(r"<(/?)\s*(" + "|".join(SECTION_TAGS) + r")(\s*)>", re.IGNORECASE)
 
 # A fast tokenizer switches "split special tokens" on a state it shares between calls, so
@@ -160,6 +160,12 @@ def tokenize(
 ) -> list[int]:
     """The evaluation's token ids, caller text as text (see the module docstring)."""
     return tokenize_turn(tokenizer, system_prompt, user_message(item, question), template_kwargs)
+
+
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Untrusted text (caller or model written) on its own: special-token strings as text."""
+    with _TOKENIZE_LOCK:
+        return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
 
 def encode(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -20,7 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from rlme.client.wire import MetaQuestion
+from rlme.client.wire import JudgeTemplate, MetaQuestion
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful evaluator. You read a prompt and a response to it, then answer "
@@ -126,6 +126,10 @@ class LimitsConfig(_Strict):
     max_text_chars: int = Field(32_000, ge=1, description="Per prompt, response or reference.")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(300.0, gt=0, description="Queued work older than this gets 504.")
+    max_judge_samples: int = Field(16, ge=1, description="Judgments per prompt (`samples`).")
+    max_judge_tokens: int = Field(
+        1024, ge=1, description="Longest rationale a caller may ask for (`max_tokens`)."
+    )
 
 
 class RewardConfig(_Strict):
@@ -179,6 +183,10 @@ class Settings(BaseSettings):
     compat_rubric: str = Field(
         "correctness", description="Rubric for framework routes (/get_reward, /slime/reward)."
     )
+    judges: dict[str, JudgeTemplate] = Field(
+        default_factory=dict, description="Named judge templates, beside (or replacing) the built-in ones."
+    )
+    builtin_judges: bool = Field(True, description="Offer the judges shipped with rlme (GET /v1/judges).")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
@@ -213,6 +221,22 @@ class Settings(BaseSettings):
         from rlme.service.rubrics import BUILTIN_RUBRICS
 
         return {**(BUILTIN_RUBRICS if self.builtin_rubrics else {}), **self.rubrics}
+
+    def all_judges(self) -> dict[str, JudgeTemplate]:
+        from rlme.service.judges import BUILTIN_JUDGES
+
+        return {**(BUILTIN_JUDGES if self.builtin_judges else {}), **self.judges}
+
+    @model_validator(mode="after")
+    def _judges_fit(self) -> Settings:
+        from rlme.service.judges import check_placeholders
+
+        for name, template in self.judges.items():
+            try:
+                check_placeholders(template)
+            except ValueError as exc:
+                raise ValueError(f"judges.{name}: {exc}") from None
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -18,10 +18,19 @@ from rlme.service.settings import BatchingConfig
 POISON = 666
 
 
+class CharTokenizer:
+    """Test double: no chat template, one token per character (the load-time label check runs)."""
+
+    chat_template = None
+
+    def encode(self, text: str, add_special_tokens: bool = False, **kwargs: object) -> list[int]:
+        return [ord(c) for c in text]
+
+
 class RecordingBackend:
     """Test double: logp_yes = -first token; records batch sizes; fails on POISON."""
 
-    tokenizer = None
+    tokenizer = CharTokenizer()
     labels = LabelTokens((1,), (2,), ("Yes",), ("No",))
     max_model_len = 10_000
 
@@ -51,7 +60,7 @@ class RecordingBackend:
         self.batches.append(len(tasks))
         if any(POISON in s for t in tasks for s in t.sequences):
             raise RuntimeError("poisoned input")
-        return [TaskResult(tuple(LabelLogprobs(-float(s[0]), -1.0) for s in t.sequences), 0) for t in tasks]
+        return [TaskResult(tuple(LabelLogprobs((-float(s[0]), -1.0)) for s in t.sequences), 0) for t in tasks]
 
 
 def task(first: int, length: int = 4, questions: int = 1) -> ScoringTask:

@@ -35,7 +35,7 @@ class FixedCostBackend:
 
     def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
         time.sleep(BATCH_SECONDS)
-        return [TaskResult((LabelLogprobs(-1.0, -2.0),), 0) for _ in tasks]
+        return [TaskResult((LabelLogprobs((-1.0, -2.0)),), 0) for _ in tasks]
 
 
 def one_task() -> ScoringTask:

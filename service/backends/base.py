@@ -8,6 +8,7 @@ so a new engine is one small class (LitServe's `LitAPI` is the model).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,13 @@ class ScoringTask:
 
     sequences: tuple[tuple[int, ...], ...]
     prefix_len: int
+    # Token ids whose log-probs are summed per label, at the next position: None means the
+    # evaluator's (yes, no); a verdict reads e.g. ("1", ..., "5") or ("A", "B").
+    label_ids: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.sequences)
 
     @property
     def prompt_tokens(self) -> int:
@@ -40,7 +48,10 @@ class ScoringTask:
 
     def split(self) -> list[ScoringTask]:
         """One task per question, each scored from scratch."""
-        return [ScoringTask(sequences=(s,), prefix_len=len(s) - 1) for s in self.sequences]
+        return [ScoringTask((s,), len(s) - 1, self.label_ids) for s in self.sequences]
+
+    def labels_or(self, default: LabelTokens) -> tuple[tuple[int, ...], ...]:
+        return self.label_ids or (default.yes_ids, default.no_ids)
 
 
 def build_task(
@@ -60,10 +71,61 @@ def build_task(
 
 @dataclass(frozen=True)
 class LabelLogprobs:
-    """Full-vocabulary log-probs of the yes and no label variants (logsumexp over variants)."""
+    """Full-vocabulary log-probs of each label (logsumexp over its token variants), in the
+    order of the task's labels: (yes, no) for a meta-question."""
 
-    logp_yes: float
-    logp_no: float
+    logps: tuple[float, ...]
+
+    @property
+    def logp_yes(self) -> float:
+        return self.logps[0]
+
+    @property
+    def logp_no(self) -> float:
+        return self.logps[1]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a judge writes: the usual sampling knobs, shared by every backend."""
+
+    max_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """`samples` continuations of one prompt (a judge writing its rationale)."""
+
+    prompt: tuple[int, ...]
+    samples: int
+    sampling: SamplingSettings
+
+    @property
+    def evaluations(self) -> int:
+        return self.samples
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # cut before the first stop string, which is not included
+    tokens: int  # generated tokens, the stop string's included
+    finish_reason: str  # "stop" (a stop string or end of turn) or "length"
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    samples: tuple[Generation, ...]
+
+
+Work = ScoringTask | GenerationTask
 
 
 @dataclass(frozen=True)
@@ -75,9 +137,9 @@ class TaskResult:
 class Backend(Protocol):
     """What the service needs from an evaluator engine.
 
-    `setup` and `score` block and are called in a worker thread. An engine that is
-    asynchronous by nature (vLLM's AsyncLLM, HTTP to remote servers) may also define
-    `async def setup_async()` and `async def score_async(tasks)`, which are then
+    `setup`, `score` and `generate` block and are called in a worker thread. An engine that
+    is asynchronous by nature (vLLM's AsyncLLM, HTTP to remote servers) may also define
+    `async def setup_async()`, `async def score_async(tasks)` and `generate_async`, which are then
     awaited on the service's event loop instead, and `async def aclose()` to release
     engine processes or connection pools at shutdown.
     """
@@ -94,6 +156,10 @@ class Backend(Protocol):
 
     def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
         """Results in task order. Raises if the batch could not be scored."""
+        ...
+
+    def generate(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
+        """Continuations in task order (engines on the event loop: `generate_async`)."""
         ...
 
     def health(self) -> str:
@@ -149,10 +215,38 @@ class EventLoopState(LoadedState):
             f"the {self.config.backend} backend runs on the service's event loop: await score_async()"
         )
 
+    def generate(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
+        raise RuntimeError(
+            f"the {self.config.backend} backend runs on the service's event loop: await generate_async()"
+        )
+
 
 async def score_now(backend: Backend, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
     """Score on the engine's own terms: awaited on the event loop, or in a worker thread."""
-    score_async = getattr(backend, "score_async", None)
-    if score_async is not None:  # engines with their own event loop (vLLM, remote)
-        return list(await score_async(tasks))
-    return await asyncio.to_thread(backend.score, tasks)  # keeps the event loop free
+    return await _run(backend, "score", tasks)
+
+
+async def run_batch(backend: Backend, work: Sequence[Work]) -> list[TaskResult] | list[GenerationResult]:
+    """A batch of one kind of work (the batcher never mixes them), on the engine's own terms."""
+    return await _run(backend, "generate" if isinstance(work[0], GenerationTask) else "score", work)
+
+
+async def _run(backend: Backend, method: str, work: Sequence[Work]) -> Any:
+    run_async = getattr(backend, f"{method}_async", None)
+    if run_async is not None:  # engines with their own event loop (vLLM, remote)
+        return list(await run_async(work))
+    return await asyncio.to_thread(getattr(backend, method), work)  # keeps the event loop free
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    """log(sum(exp(v))) of a label's token variants, safe when all are -inf."""
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found."""
+    found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(found)], True) if found else (text, False)

@@ -1,5 +1,8 @@
 """Remote backend: a pool of vLLM OpenAI-compatible servers behind one reward service.
 
+Judges' generation is one `POST {url}/v1/completions` per prompt with `n` samples (the
+server batches decoding continuously).
+
 Each evaluation is one `POST {url}/v1/completions` with the evaluation's token ids as
 `prompt`, `max_tokens=1` and `logprob_token_ids` = the Yes/No label ids, which vLLM
 (>= 0.32) answers with exactly those tokens' full-vocabulary log-probs. Token ids, not
@@ -21,7 +24,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +32,17 @@ from typing import Any
 
 import httpx
 
-from rlme.service.backends.base import EventLoopState, LabelLogprobs, ScoringTask, TaskResult
+from rlme.service.backends.base import (
+    EventLoopState,
+    Generation,
+    GenerationResult,
+    GenerationTask,
+    LabelLogprobs,
+    ScoringTask,
+    TaskResult,
+    cut_at_stop,
+    logsumexp,
+)
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import SAMPLE_ITEM, SAMPLE_QUESTION, encode, label_tokens, render
 from rlme.service.settings import EvaluatorConfig, RemoteOptions
@@ -210,9 +222,10 @@ class RemoteBackend(EventLoopState):
 
     # --- scoring -------------------------------------------------------------------------
 
-    def route(self, task: ScoringTask) -> list[Replica]:
-        """Replicas for this item, best first: rendezvous order of the hash of its prefix."""
-        prefix = array("i", task.sequences[0][: task.prefix_len]).tobytes()
+    def route(self, task: ScoringTask | GenerationTask) -> list[Replica]:
+        """Replicas for this work, best first: rendezvous order of the hash of its prefix."""
+        shared = task.prompt if isinstance(task, GenerationTask) else task.sequences[0][: task.prefix_len]
+        prefix = array("i", shared).tobytes()
 
         def weight(replica: Replica) -> bytes:
             return hashlib.blake2b(prefix + replica.key, digest_size=8).digest()
@@ -220,36 +233,34 @@ class RemoteBackend(EventLoopState):
         return sorted(self.replicas, key=weight, reverse=True)
 
     async def score_async(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
-        return list(await asyncio.gather(*(self._score_task(task) for task in tasks)))
+        return list(await asyncio.gather(*(self._on_a_replica(task, self._score_task) for task in tasks)))
 
-    async def _score_task(self, task: ScoringTask) -> TaskResult:
+    async def generate_async(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
+        return list(await asyncio.gather(*(self._on_a_replica(task, self._generate) for task in tasks)))
+
+    async def _on_a_replica(self, task: Any, run: Any) -> Any:
+        """`run(replica, task)` on the task's replicas in route order until one answers."""
         errors = []
         for replica in self.route(task):
             if not replica.up:
                 continue
             try:
-                scored = await asyncio.gather(*(self._complete(replica, s) for s in task.sequences))
+                return await run(replica, task)
             except ReplicaError as exc:
                 self._take_out(replica, str(exc))
                 errors.append(f"{replica.url}: {exc}")
-                continue
-            return TaskResult(
-                scores=tuple(label for label, _ in scored), cached_prompt_tokens=sum(c for _, c in scored)
-            )
-        raise ReplicaError("no remote replica could score the item: " + ("; ".join(errors) or "none is up"))
+        raise ReplicaError("no remote replica could do the work: " + ("; ".join(errors) or "none is up"))
 
-    async def _complete(self, replica: Replica, sequence: Sequence[int]) -> tuple[LabelLogprobs, int]:
-        labels, client = self.labels, self._require(self._client)
-        label_ids = [*labels.yes_ids, *labels.no_ids]
-        body = {
-            "model": replica.model,
-            "prompt": list(sequence),
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "logprobs": len(label_ids),
-            "logprob_token_ids": label_ids,
-            "return_tokens_as_token_ids": True,  # keys "token_id:N", unambiguous
-        }
+    async def _score_task(self, replica: Replica, task: ScoringTask) -> TaskResult:
+        labels = task.labels_or(self.labels)
+        scored = await asyncio.gather(*(self._complete(replica, s, labels) for s in task.sequences))
+        return TaskResult(
+            scores=tuple(label for label, _ in scored), cached_prompt_tokens=sum(c for _, c in scored)
+        )
+
+    async def _post(self, replica: Replica, body: dict[str, Any]) -> Any:
+        """POST /v1/completions; ReplicaError when another replica may do better."""
+        client = self._require(self._client)
         async with replica.limit:
             try:
                 answer = await client.post(f"{replica.url}/v1/completions", json=body)
@@ -261,7 +272,52 @@ class RemoteBackend(EventLoopState):
             raise ValueError(
                 f"{replica.url}/v1/completions answered {answer.status_code}: {answer.text[:500]}"
             )
-        result = answer.json()
+        return answer.json()
+
+    async def _generate(self, replica: Replica, task: GenerationTask) -> GenerationResult:
+        s = task.sampling
+        body: dict[str, Any] = {
+            "model": replica.model,
+            "prompt": list(task.prompt),
+            "n": task.samples,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "stop": list(s.stop),
+            "seed": s.seed,
+            "skip_special_tokens": True,
+            "include_stop_str_in_output": False,
+            "return_token_ids": True,
+        }
+        result = await self._post(replica, body)
+        choices = sorted(result["choices"], key=lambda c: c["index"])
+        if len(choices) != task.samples:
+            raise ValueError(f"{replica.url} returned {len(choices)} samples for n={task.samples}")
+        per_sample = int(result.get("usage", {}).get("completion_tokens") or 0) // task.samples
+        samples = [
+            Generation(
+                text=cut_at_stop(c["text"], s.stop)[0],
+                tokens=len(c["token_ids"]) if c.get("token_ids") is not None else per_sample,
+                finish_reason="length" if c.get("finish_reason") == "length" else "stop",
+            )
+            for c in choices
+        ]
+        return GenerationResult(samples=tuple(samples))
+
+    async def _complete(
+        self, replica: Replica, sequence: Sequence[int], labels: tuple[tuple[int, ...], ...]
+    ) -> tuple[LabelLogprobs, int]:
+        label_ids = list(dict.fromkeys(i for ids in labels for i in ids))
+        body = {
+            "model": replica.model,
+            "prompt": list(sequence),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": len(label_ids),
+            "logprob_token_ids": label_ids,
+            "return_tokens_as_token_ids": True,  # keys "token_id:N", unambiguous
+        }
+        result = await self._post(replica, body)
         step = result["choices"][0]["logprobs"]["top_logprobs"][0]
         logps = {int(key.removeprefix("token_id:")): value for key, value in step.items()}
         missing = [i for i in label_ids if i not in logps]
@@ -270,15 +326,5 @@ class RemoteBackend(EventLoopState):
                 f"{replica.url} returned no log-probs for label ids {missing}; it needs vLLM >= 0.32"
             )
         details = result.get("usage", {}).get("prompt_tokens_details") or {}
-        label = LabelLogprobs(
-            logp_yes=_logsumexp([logps[i] for i in labels.yes_ids]),
-            logp_no=_logsumexp([logps[i] for i in labels.no_ids]),
-        )
+        label = LabelLogprobs(tuple(logsumexp([logps[i] for i in ids]) for ids in labels))
         return label, int(details.get("cached_tokens") or 0)
-
-
-def _logsumexp(values: list[float]) -> float:
-    top = max(values)
-    if top == -math.inf:
-        return top
-    return top + math.log(sum(math.exp(v - top) for v in values))

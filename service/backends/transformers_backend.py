@@ -17,7 +17,16 @@ from typing import Any
 
 import torch
 
-from rlme.service.backends.base import LabelLogprobs, LoadedState, ScoringTask, TaskResult
+from rlme.service.backends.base import (
+    Generation,
+    GenerationResult,
+    GenerationTask,
+    LabelLogprobs,
+    LoadedState,
+    ScoringTask,
+    TaskResult,
+    cut_at_stop,
+)
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import label_tokens
 from rlme.service.settings import EvaluatorConfig
@@ -78,6 +87,54 @@ class TransformersBackend(LoadedState):
                 results[index] = result
         return [r for r in results if r is not None]
 
+    @torch.inference_mode()
+    def generate(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
+        """One `model.generate` per task, its samples decoded together (a bounded batch).
+
+        A task's samples are never batched with another task's, so a seeded task gives the
+        same samples whatever else is queued: the global torch generator is seeded per task
+        (the batcher runs one transformers batch at a time).
+        """
+        model = self._require(self._model)
+        return [self._generate_one(model, task) for task in tasks]
+
+    def _generate_one(self, model: Any, task: GenerationTask) -> GenerationResult:
+        from transformers import GenerationConfig
+
+        s = task.sampling
+        sampled = s.temperature > 0
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        config = GenerationConfig(
+            max_new_tokens=s.max_tokens,
+            do_sample=sampled,
+            temperature=s.temperature if sampled else None,
+            top_p=s.top_p if sampled else None,
+            top_k=None,
+            num_return_sequences=task.samples if sampled else 1,
+            eos_token_id=list(eos_ids) or None,
+            pad_token_id=next(iter(eos_ids), 0),
+            stop_strings=list(s.stop) or None,
+        )
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        prompt = torch.tensor([task.prompt], device=self.device)  # (1, P)
+        output = model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), generation_config=config, tokenizer=self.tokenizer
+        )  # (n, P + T)
+        samples = []
+        for row in output[:, prompt.shape[1] :].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), None)
+            ids = row[:end] if end is not None else row
+            text, stopped = cut_at_stop(self._tokenizer.decode(ids, skip_special_tokens=True), s.stop)
+            finished = stopped or end is not None
+            samples.append(
+                Generation(text=text, tokens=len(ids), finish_reason="stop" if finished else "length")
+            )
+        if not sampled:  # greedy: every sample is the same continuation
+            samples = samples * task.samples
+        return GenerationResult(samples=tuple(samples))
+
     def _score_split(self, task: ScoringTask) -> TaskResult:
         parts = self._score_packed(self._model, task.split())
         return TaskResult(scores=tuple(p.scores[0] for p in parts), cached_prompt_tokens=0)
@@ -118,14 +175,14 @@ class TransformersBackend(LoadedState):
         row_index = torch.tensor([b for b, row in enumerate(rows) for _ in row.answer_at])
         col_index = torch.tensor([c for row in rows for c in row.answer_at])
         logits = model.get_output_embeddings()(hidden[row_index, col_index])  # (R, V)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        labels = self.labels
-        logp_yes = torch.logsumexp(logprobs[:, list(labels.yes_ids)], dim=-1).tolist()
-        logp_no = torch.logsumexp(logprobs[:, list(labels.no_ids)], dim=-1).tolist()
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (R, V)
         results, r = [], 0
         for task in tasks:
             k = len(task.sequences)
-            scores = tuple(LabelLogprobs(logp_yes[r + i], logp_no[r + i]) for i in range(k))
+            block = logprobs[r : r + k]  # (k, V)
+            per_label = [torch.logsumexp(block[:, list(ids)], dim=-1) for ids in task.labels_or(self.labels)]
+            table = torch.stack(per_label, dim=-1).tolist()  # (k, L)
+            scores = tuple(LabelLogprobs(tuple(row)) for row in table)
             results.append(TaskResult(scores=scores, cached_prompt_tokens=task.shared_tokens))
             r += k
         return results

@@ -1,5 +1,8 @@
 """vLLM backend, in the service's process: AsyncLLM with automatic prefix caching.
 
+Generation (judges writing rationales) is one engine request per prompt with `n` samples;
+the engine batches the decoding of every request in flight (continuous batching).
+
 Each evaluation is one engine request: its full token ids (the same tokens the
 transformers backend scores), `max_tokens=1`, and `logprob_token_ids` set to the Yes/No
 label ids, which makes vLLM return exactly those tokens' full-vocabulary log-probs
@@ -19,7 +22,6 @@ import asyncio
 import gc
 import itertools
 import logging
-import math
 import os
 import uuid
 import warnings
@@ -27,7 +29,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlme.service.backends.base import EventLoopState, LabelLogprobs, ScoringTask, TaskResult
+from rlme.service.backends.base import (
+    EventLoopState,
+    Generation,
+    GenerationResult,
+    GenerationTask,
+    LabelLogprobs,
+    ScoringTask,
+    TaskResult,
+    cut_at_stop,
+    logsumexp,
+)
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import label_tokens
 from rlme.service.settings import EvaluatorConfig
@@ -54,7 +66,6 @@ class VLLMBackend(EventLoopState):
             )
         super().__init__(config, cache_dir)
         self._engine: Any = None
-        self._label_ids: list[int] = []
         self._request_ids = itertools.count()
         self._request_prefix = uuid.uuid4().hex[:8]
 
@@ -108,7 +119,6 @@ class VLLMBackend(EventLoopState):
         # Held on self only: a frame that outlives this call must not keep the engine alive.
         self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
         self._tokenizer, self._labels = tokenizer, labels
-        self._label_ids = [*labels.yes_ids, *labels.no_ids]
         model_config = self._engine.model_config
         self._max_model_len = int(model_config.max_model_len)
         log.info(
@@ -129,7 +139,10 @@ class VLLMBackend(EventLoopState):
         self._require(self._engine)
         # Every evaluation of the batch goes to the engine at once; its scheduler batches them.
         per_task = [
-            asyncio.gather(*(self._score_one(sequence) for sequence in task.sequences)) for task in tasks
+            asyncio.gather(
+                *(self._score_one(sequence, task.labels_or(self.labels)) for sequence in task.sequences)
+            )
+            for task in tasks
         ]
         results = []
         for scored in await asyncio.gather(*per_task):
@@ -137,13 +150,14 @@ class VLLMBackend(EventLoopState):
             results.append(TaskResult(scores=scores, cached_prompt_tokens=sum(c for _, c in scored)))
         return results
 
-    async def _score_one(self, sequence: Sequence[int]) -> tuple[LabelLogprobs, int]:
+    async def _score_one(
+        self, sequence: Sequence[int], labels: tuple[tuple[int, ...], ...]
+    ) -> tuple[LabelLogprobs, int]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            max_tokens=1, temperature=0.0, logprob_token_ids=self._label_ids, detokenize=False
-        )
+        label_ids = list(dict.fromkeys(i for ids in labels for i in ids))
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=label_ids, detokenize=False)
         request_id = f"rlme-{self._request_prefix}-{next(self._request_ids)}"
         final = None
         async for output in self._engine.generate(
@@ -153,12 +167,45 @@ class VLLMBackend(EventLoopState):
         if final is None or not final.outputs or not final.outputs[0].logprobs:
             raise RuntimeError(f"vLLM returned no log-probs for request {request_id}")
         logprobs = final.outputs[0].logprobs[0]  # token id -> Logprob at the next position
-        labels = self.labels
-        label = LabelLogprobs(
-            logp_yes=_logsumexp([logprobs[i].logprob for i in labels.yes_ids]),
-            logp_no=_logsumexp([logprobs[i].logprob for i in labels.no_ids]),
-        )
+        label = LabelLogprobs(tuple(logsumexp([logprobs[i].logprob for i in ids]) for ids in labels))
         return label, int(final.num_cached_tokens or 0)
+
+    async def generate_async(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
+        # All tasks at once: the engine's scheduler batches their decoding continuously.
+        return list(await asyncio.gather(*(self._generate_one(task) for task in tasks)))
+
+    async def _generate_one(self, task: GenerationTask) -> GenerationResult:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        s = task.sampling
+        params = SamplingParams(
+            n=task.samples,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            stop=list(s.stop) or None,
+            seed=s.seed,
+            include_stop_str_in_output=False,
+            skip_special_tokens=True,
+        )
+        request_id = f"rlme-{self._request_prefix}-{next(self._request_ids)}"
+        final = None
+        async for output in self._engine.generate(
+            TokensPrompt(prompt_token_ids=list(task.prompt)), params, request_id
+        ):
+            final = output
+        if final is None or len(final.outputs) != task.samples:
+            raise RuntimeError(f"vLLM returned no complete generation for request {request_id}")
+        samples = [
+            Generation(
+                text=cut_at_stop(o.text, s.stop)[0],
+                tokens=len(o.token_ids),
+                finish_reason="length" if o.finish_reason == "length" else "stop",
+            )
+            for o in sorted(final.outputs, key=lambda o: o.index)
+        ]
+        return GenerationResult(samples=tuple(samples))
 
     async def reset_prefix_cache(self) -> None:
         """Forget cached prefixes (benchmarks start cold; nothing else needs this)."""
@@ -188,10 +235,3 @@ class VLLMBackend(EventLoopState):
             # where its __del__ would run shutdown again with half the modules gone.
             del engine, handler
             gc.collect()
-
-
-def _logsumexp(values: list[float]) -> float:
-    top = max(values)
-    if top == -math.inf:
-        return top
-    return top + math.log(sum(math.exp(v - top) for v in values))

@@ -10,7 +10,7 @@ from rlme.service.deps import ScorerDep
 
 router = APIRouter(tags=["rewards"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
+ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         401: "Missing, invalid or revoked API key.",
@@ -23,7 +23,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.post("/v1/rewards", responses=_ERRORS)
+@router.post("/v1/rewards", responses=ERRORS)
 async def rewards(request: RewardRequest, scorer: ScorerDep, who: PrincipalDep) -> RewardResponse:
     """Score each item with every meta-question and evaluator; rewards in request order."""
     return await scorer.score(request, who.tenant)
