@@ -114,6 +114,11 @@ class JudgeService:
 
     def resolve(self, request: SamplingFields, kind: str) -> Resolved:
         limits = self.settings.limits
+        count = len(getattr(request, "items", None) or getattr(request, "pairs", None) or [])
+        if count > limits.max_items:
+            raise PayloadTooLarge(
+                f"{count} items or pairs; at most {limits.max_items} per request (split the batch)"
+            )
         if request.samples > limits.max_judge_samples:
             raise InvalidRequest(f"samples={request.samples}; at most {limits.max_judge_samples} per prompt")
         if request.template is not None:
@@ -130,9 +135,10 @@ class JudgeService:
             check_placeholders(template)
         except ValueError as exc:
             raise InvalidRequest(f"template: {exc}") from None
-        max_tokens = request.max_tokens or template.max_tokens
-        if max_tokens > limits.max_judge_tokens:
-            raise InvalidRequest(f"max_tokens={max_tokens}; at most {limits.max_judge_tokens}")
+        if request.max_tokens is not None and request.max_tokens > limits.max_judge_tokens:
+            raise InvalidRequest(f"max_tokens={request.max_tokens}; at most {limits.max_judge_tokens}")
+        # The template's own default is capped by the server's limit rather than refused.
+        max_tokens = request.max_tokens or min(template.max_tokens, limits.max_judge_tokens)
         evaluator = self._evaluator(request.evaluator)
         try:
             reading = verdict_reading(evaluator.backend.tokenizer, template.labels)
@@ -369,6 +375,10 @@ class JudgeService:
     async def meta_judgments(self, request: MetaJudgmentRequest, tenant: str) -> MetaJudgmentResponse:
         judge = self.resolve(request, "meta")
         n = len(request.judgments)
+        if n > self.settings.limits.max_meta_judgments:
+            raise PayloadTooLarge(
+                f"{n} judgments; at most {self.settings.limits.max_meta_judgments} per request"
+            )
         if request.judgment_scores is not None and len(request.judgment_scores) != n:
             raise InvalidRequest(f"{len(request.judgment_scores)} judgment_scores for {n} judgments")
         texts: dict[str, str | None] = {"prompt": request.prompt, "response": request.response}

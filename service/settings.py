@@ -130,6 +130,9 @@ class LimitsConfig(_Strict):
     max_judge_tokens: int = Field(
         1024, ge=1, description="Longest rationale a caller may ask for (`max_tokens`)."
     )
+    max_meta_judgments: int = Field(
+        8, ge=2, description="Judgments ranked by one meta-judgment request (n judgments: n(n-1) battles)."
+    )
 
 
 class RewardConfig(_Strict):

@@ -19,7 +19,16 @@ from fastapi import FastAPI
 from rlme.service.settings import Settings
 
 # Tight limits so the limit checks are reachable with small requests.
-TEST_LIMITS = {"max_items": 64, "max_questions": 8, "max_text_chars": 6000, "max_body_bytes": 200_000}
+TEST_LIMITS = {
+    "max_items": 64,
+    "max_questions": 8,
+    "max_text_chars": 6000,
+    "max_body_bytes": 200_000,
+    # Judges write on a CPU: keep fuzzed and test requests to a few tokens and samples.
+    "max_judge_samples": 4,
+    "max_judge_tokens": 24,
+    "max_meta_judgments": 3,
+}
 TEST_MAX_MODEL_LEN = 1024
 
 

@@ -189,15 +189,25 @@ async def test_graceful_shutdown_answers_everything_accepted() -> None:
 
 # Fuzzing the OpenAPI schema: whatever the request, never a 5xx. (schemathesis's pytest
 # plugin does not support pytest 9 yet, so its strategies are driven by hypothesis here.)
+JUDGE_ROUTES = ("/v1/judgments", "/v1/comparisons", "/v1/meta-judgments")
+
+
 def test_fuzzed_requests_never_get_a_5xx(server: ThreadedServer) -> None:
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     # /admin is left out: every fuzzed reload would load the model again (seconds each).
     operations = [op.ok() for op in schema.get_all_operations() if not op.ok().path.startswith("/admin")]
-    assert len(operations) == 7  # rewards, two framework routes, health, metrics, evaluators, rubrics
-    settings = hypothesis.settings(
-        max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck), database=None
-    )
+    # rewards, two framework routes, health, metrics, evaluators, rubrics; judgments,
+    # comparisons, meta-judgments, judges
+    assert len(operations) == 11
     for operation in operations:
+        # A valid judge request writes text (seconds on a CPU, even with the test limits).
+        writes = operation.method.upper() == "POST" and operation.path in JUDGE_ROUTES
+        settings = hypothesis.settings(
+            max_examples=6 if writes else 25,
+            deadline=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+            database=None,
+        )
 
         @settings
         @hypothesis.given(case=operation.as_strategy())
