@@ -153,6 +153,9 @@ class BaseClient:
         body = request.model_dump(mode="json", exclude_none=True)
         return self._build_request("POST", "/v1/rewards", body)
 
+    def _post_model(self, path: str, request: BaseModel) -> httpx.Request:
+        return self._build_request("POST", path, request.model_dump(mode="json", exclude_none=True))
+
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
         """Seconds to sleep before retry `attempt` + 1, or None to stop.
 

@@ -26,7 +26,20 @@ from ._core import (
     QuestionLike,
 )
 from .errors import NotReadyError, RLMEError
-from .wire import EvaluatorList, Health, RewardRequest, RewardResponse, RubricList
+from .wire import (
+    ComparisonRequest,
+    ComparisonResponse,
+    EvaluatorList,
+    Health,
+    JudgeList,
+    JudgmentRequest,
+    JudgmentResponse,
+    MetaJudgmentRequest,
+    MetaJudgmentResponse,
+    RewardRequest,
+    RewardResponse,
+    RubricList,
+)
 
 __all__ = ["RewardClient", "AsyncRewardClient"]
 
@@ -110,6 +123,28 @@ class RewardClient(BaseClient):
         item = {"prompt": prompt, "response": response, "reference": reference}
         answer = self.rewards([item], questions=questions, rubric=rubric, evaluators=evaluators)
         return answer.rewards[0]
+
+    def judgments(self, items: Sequence[Any], **options: Any) -> JudgmentResponse:
+        """POST /v1/judgments: N written judgments per item (`judge`, `samples`, `temperature`,
+        `max_tokens`, `seed`, `reward`, ... as in `JudgmentRequest`)."""
+        request = JudgmentRequest(items=list(items), **options)
+        return self._parse(JudgmentResponse, self._send(self._post_model("/v1/judgments", request)))
+
+    def compare(self, pairs: Sequence[Any], **options: Any) -> ComparisonResponse:
+        """POST /v1/comparisons: each (prompt, response_a, response_b) judged in both orders."""
+        request = ComparisonRequest(pairs=list(pairs), **options)
+        return self._parse(ComparisonResponse, self._send(self._post_model("/v1/comparisons", request)))
+
+    def meta_judge(
+        self, prompt: str, response: str, judgments: Sequence[str], **options: Any
+    ) -> MetaJudgmentResponse:
+        """POST /v1/meta-judgments: rank judgments of one response by meta-judge battles."""
+        request = MetaJudgmentRequest(prompt=prompt, response=response, judgments=list(judgments), **options)
+        return self._parse(MetaJudgmentResponse, self._send(self._post_model("/v1/meta-judgments", request)))
+
+    def judges(self) -> JudgeList:
+        """The server's named judge templates."""
+        return self._parse(JudgeList, self._send(self._get("/v1/judges")))
 
     def evaluators(self) -> EvaluatorList:
         """The evaluators the server has configured, and which one is the default."""
@@ -252,6 +287,28 @@ class AsyncRewardClient(BaseClient):
         item = {"prompt": prompt, "response": response, "reference": reference}
         answer = await self.rewards([item], questions=questions, rubric=rubric, evaluators=evaluators)
         return answer.rewards[0]
+
+    async def judgments(self, items: Sequence[Any], **options: Any) -> JudgmentResponse:
+        """POST /v1/judgments (see `RewardClient.judgments`)."""
+        request = JudgmentRequest(items=list(items), **options)
+        return self._parse(JudgmentResponse, await self._send(self._post_model("/v1/judgments", request)))
+
+    async def compare(self, pairs: Sequence[Any], **options: Any) -> ComparisonResponse:
+        """POST /v1/comparisons (see `RewardClient.compare`)."""
+        request = ComparisonRequest(pairs=list(pairs), **options)
+        return self._parse(ComparisonResponse, await self._send(self._post_model("/v1/comparisons", request)))
+
+    async def meta_judge(
+        self, prompt: str, response: str, judgments: Sequence[str], **options: Any
+    ) -> MetaJudgmentResponse:
+        """POST /v1/meta-judgments (see `RewardClient.meta_judge`)."""
+        request = MetaJudgmentRequest(prompt=prompt, response=response, judgments=list(judgments), **options)
+        return self._parse(
+            MetaJudgmentResponse, await self._send(self._post_model("/v1/meta-judgments", request))
+        )
+
+    async def judges(self) -> JudgeList:
+        return self._parse(JudgeList, await self._send(self._get("/v1/judges")))
 
     async def evaluators(self) -> EvaluatorList:
         """The evaluators the server has configured, and which one is the default."""

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import math
+import pickle
 import re
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -431,3 +432,27 @@ def call_like_trl(func: Any, **kwargs: Any) -> list[float]:
             await _common.shared_async_client().aclose()
 
     return asyncio.run(call())
+
+
+def test_judge_reward_functions_as_trl_and_verl_call_them(server: str, reward_client: RewardClient) -> None:
+    from rlme.client.adapters.trl import GroupComparisonRewardFunc, JudgeRewardFunc
+    from rlme.client.adapters.verl import compute_score_judge
+
+    prompts = ["What is 2+2?", "What is 2+2?", "Say hi.", "Say hi."]
+    completions = ["4", "5", "Hi!", "Go away."]
+    pointwise = JudgeRewardFunc(max_tokens=6, client=reward_client)
+    scores = pointwise(prompts=prompts, completions=completions, **{"trainer_state": None})
+    assert len(scores) == 4 and all(s is None or 0.0 <= s <= 1.0 for s in scores)
+    assert pickle.loads(pickle.dumps(pointwise)).__name__ == "rlme_judge"
+    # Each group of two: one comparison in both orders; the two win rates add up to 1.
+    grouped = GroupComparisonRewardFunc(max_tokens=6, client=reward_client)(
+        prompts=prompts, completions=completions
+    )
+    for a, b in ((0, 1), (2, 3)):
+        assert grouped[a] is not None and grouped[b] is not None
+        assert grouped[a] + grouped[b] == pytest.approx(1.0)
+    verl = compute_score_judge(
+        "openai/gsm8k", "4", "4", {"question": "What is 2+2?"}, client=reward_client, max_tokens=6
+    )
+    assert set(verl) == {"score", "masked", "status"}
+    assert (verl["score"] is None) == verl["masked"]

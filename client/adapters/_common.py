@@ -44,6 +44,12 @@ def to_prompt(prompt: Any) -> str | list[ChatMessage]:
     ]
 
 
+def to_prompt_text(prompt: Any) -> str:
+    """A framework prompt as one text (judges quote chat prompts as "role: content" lines)."""
+    wire = to_prompt(prompt)
+    return wire if isinstance(wire, str) else "\n".join(f"{m.role}: {m.content}" for m in wire)
+
+
 def to_response(completion: Any) -> str:
     """A completion as text; a chat completion (assistant, maybe tool turns) is joined."""
     if isinstance(completion, str):

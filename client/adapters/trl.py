@@ -11,6 +11,12 @@ with the other async reward functions.
 
     from rlme.client.adapters.trl import RLMERewardFunc
     trainer = GRPOTrainer(..., reward_funcs=RLMERewardFunc(rubric="correctness"))
+
+Generative judges enter TRL the same way (TRL removed `trl.judges` in v1.1.0):
+`JudgeRewardFunc` (a pointwise judge's score per completion) and `GroupComparisonRewardFunc`
+(each completion of a GRPO group against the others, both orders). A judgment the
+service could not score (masked: no label mass, timeout, error) gives None, which TRL
+skips, never a made-up 0.0.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from ._common import (
     Scoring,
     shared_async_client,
     to_prompt,
+    to_prompt_text,
     to_reference,
     to_response,
 )
 
-__all__ = ["RLMERewardFunc", "async_reward_func"]
+__all__ = ["GroupComparisonRewardFunc", "JudgeRewardFunc", "RLMERewardFunc", "async_reward_func"]
 
 TRLRewardFunc = Callable[..., list[float | None]]
 AsyncTRLRewardFunc = Callable[..., Awaitable[list[float | None]]]
@@ -161,3 +168,124 @@ def async_reward_func(
 
     reward.__name__ = reward.__qualname__ = name
     return reward
+
+
+class _JudgeFunc:
+    """What the judge reward functions share: a lazily built client that does not pickle."""
+
+    def __init__(self, name: str, options: dict[str, Any], base_url: str | None, api_key: str | None,
+                 client: RewardClient | None) -> None:  # fmt: skip
+        self.__name__ = name
+        self._options = {k: v for k, v in options.items() if v is not None}
+        self._base_url = client.base_url if client is not None else base_url
+        self._api_key = client.api_key if client is not None else api_key
+        self._client = client
+
+    @property
+    def client(self) -> RewardClient:
+        if self._client is None:
+            self._client = RewardClient(base_url=self._base_url, api_key=self._api_key)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class JudgeRewardFunc(_JudgeFunc):
+    """A pointwise generative judge as a TRL reward function: the item's `reward` per
+    completion (`reward="normalized"` maps the judge's scale to [0, 1]); masked items None.
+
+    `reference_column`, when present in the batch, fills the template's {reference}.
+    """
+
+    def __init__(
+        self,
+        *,
+        judge: str = "additive_5",
+        samples: int = 1,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        reward: str = "normalized",
+        reference_column: str | None = None,
+        name: str = "rlme_judge",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: RewardClient | None = None,
+    ) -> None:
+        options = {"judge": judge, "samples": samples, "temperature": temperature, "max_tokens": max_tokens,
+                   "reward": reward}  # fmt: skip
+        super().__init__(name, options, base_url, api_key, client)
+        self._reference_column = reference_column
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
+        references = kwargs.get(self._reference_column or "") or [None] * len(completions)
+        items = [
+            {"prompt": to_prompt_text(p), "response": to_response(c), "reference": to_reference(r)}
+            for p, c, r in zip(prompts, completions, references, strict=True)
+        ]
+        answer = self.client.judgments(items, **self._options)
+        return list(answer.rewards)
+
+
+class GroupComparisonRewardFunc(_JudgeFunc):
+    """Each completion against the others of its GRPO group, by a pairwise judge.
+
+    TRL lays a group's completions out one after another with the same prompt. A
+    completion's reward is its mean P(better) over the other members, each pair judged in
+    both orders; None where every comparison of it was masked. A group of G costs
+    G(G-1)/2 comparisons, 2 judge prompts each.
+    """
+
+    def __init__(
+        self,
+        *,
+        judge: str = "pairwise",
+        samples: int = 1,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        name: str = "rlme_group_comparison",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: RewardClient | None = None,
+    ) -> None:
+        options = {"judge": judge, "samples": samples, "temperature": temperature, "max_tokens": max_tokens}
+        super().__init__(name, options, base_url, api_key, client)
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
+        texts = [to_prompt_text(p) for p in prompts]
+        responses = [to_response(c) for c in completions]
+        pairs, index = [], []
+        for group in _groups(texts):
+            for a_at, i in enumerate(group):
+                for j in group[a_at + 1 :]:
+                    pairs.append({"prompt": texts[i], "response_a": responses[i], "response_b": responses[j]})
+                    index.append((i, j))
+        wins: list[list[float]] = [[] for _ in completions]
+        if pairs:
+            for (i, j), result in zip(
+                index, self.client.compare(pairs, **self._options).results, strict=True
+            ):
+                if result.p_a_better is not None:
+                    wins[i].append(result.p_a_better)
+                    wins[j].append(1 - result.p_a_better)
+        return [fmean(w) if w else None for w in wins]
+
+
+def _groups(prompts: Sequence[str]) -> list[list[int]]:
+    """Runs of consecutive equal prompts: TRL's GRPO groups."""
+    groups: list[list[int]] = []
+    for i, prompt in enumerate(prompts):
+        if groups and prompts[groups[-1][0]] == prompt:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups

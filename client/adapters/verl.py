@@ -17,10 +17,12 @@ $RLME_SEND_REFERENCE=0 (label-free RLME, as in the paper).
     custom_reward_function.path=pkg://rlme.client.adapters.verl
     custom_reward_function.name=compute_score        # naive reward manager
     custom_reward_function.name=compute_score_batch  # reward_model.reward_manager=batch
+    custom_reward_function.name=compute_score_judge  # a generative judge ($RLME_JUDGE)
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,11 +34,12 @@ from ._common import (
     shared_async_client,
     shared_client,
     to_prompt,
+    to_prompt_text,
     to_reference,
     to_response,
 )
 
-__all__ = ["compute_score", "compute_score_async", "compute_score_batch"]
+__all__ = ["compute_score", "compute_score_async", "compute_score_batch", "compute_score_judge"]
 
 PROMPT_KEYS = ("prompt", "question")
 
@@ -99,3 +102,34 @@ def _item(
         response=to_response(solution_str),
         reference=to_reference(ground_truth) if scoring.send_reference else None,
     )
+
+
+ENV_JUDGE = "RLME_JUDGE"
+
+
+def compute_score_judge(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """A generative judge's score in verl's dict form: {score, masked, status}.
+
+    `judge` (reward_kwargs) or $RLME_JUDGE names the judge (default additive_5); the score
+    is its normalized reward in [0, 1]. A masked judgment (no label mass, timeout, error)
+    has score None and masked True, so the trainer can drop it instead of learning a 0.0.
+    """
+    scoring = scoring_for_call(kwargs)
+    client: RewardClient = kwargs.get("client") or shared_client()
+    item = _item(solution_str, ground_truth, extra_info, scoring)
+    judge = kwargs.get("judge") or os.environ.get(ENV_JUDGE) or "additive_5"
+    prompt = to_prompt_text(item.prompt)
+    answer = client.judgments(
+        [{"prompt": prompt, "response": item.response, "reference": item.reference}],
+        judge=judge,
+        reward="normalized",
+        **{k: kwargs[k] for k in ("samples", "temperature", "max_tokens") if k in kwargs},
+    )
+    result = answer.results[0]
+    return {"score": result.reward, "masked": result.mask, "status": result.status}
