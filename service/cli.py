@@ -91,28 +91,87 @@ def score(
 
 
 def _score_in_process(settings, request):  # type: ignore[no-untyped-def]
+    from rlme.client.wire import RewardResponse
+
+    return _post_in_process(settings, "/v1/rewards", request, RewardResponse)
+
+
+def _post_in_process(settings, path, request, response_model):  # type: ignore[no-untyped-def]
+    """Start the app here (evaluators loaded), POST one request through it, parse the answer."""
     import asyncio
 
     import httpx
 
-    from rlme.client.wire import RewardResponse
     from rlme.service.app import create_app
 
-    async def run() -> RewardResponse:
+    async def run():  # type: ignore[no-untyped-def]
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             await app.state.loading
             if not app.state.pool.ready:
                 raise typer.BadParameter("the evaluator failed to load; see the log above")
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://rlme") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://rlme", timeout=None) as client:
                 body = request.model_dump(mode="json", exclude_none=True)
-                answer = await client.post("/v1/rewards", json=body)
+                answer = await client.post(path, json=body)
                 if answer.status_code != 200:
                     raise typer.BadParameter(answer.text)
-                return RewardResponse.model_validate(answer.json())
+                return response_model.model_validate(answer.json())
 
     return asyncio.run(run())
+
+
+@app.command()
+def judge(
+    prompt: Annotated[str, typer.Option(help="The prompt the response answers.")],
+    response: Annotated[str, typer.Option(help="The response to judge.")],
+    judge_name: Annotated[str, typer.Option("--judge", help="A named pointwise judge.")] = "additive_5",
+    samples: Annotated[int, typer.Option(help="Judgments to write.")] = 1,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    max_tokens: Annotated[int | None, typer.Option(help="Rationale length limit.")] = None,
+    reference: Annotated[str | None, typer.Option(help="For judges whose template uses {reference}.")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Judge on a running service instead of loading a model.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole response as JSON.")] = False,
+    config: ConfigOption = None,
+    model: Annotated[str | None, typer.Option(help="Evaluator model (in-process only).")] = None,
+) -> None:
+    """Judge one (prompt, response): print each rationale, its verdict distribution and the score."""
+    from rlme.client.wire import JudgmentRequest, JudgmentResponse
+
+    request = JudgmentRequest(
+        items=[{"prompt": prompt, "response": response, "reference": reference}],  # type: ignore[list-item]
+        judge=judge_name,
+        samples=samples,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+    if url is not None:
+        from rlme.client import RewardClient
+
+        with RewardClient(base_url=url) as client:
+            result = client.judgments(
+                request.items, **request.model_dump(exclude={"items"}, exclude_none=True)
+            )
+    else:
+        result = _post_in_process(_settings(config, model), "/v1/judgments", request, JudgmentResponse)
+    if as_json:
+        typer.echo(json.dumps(result.model_dump(), indent=2))
+        return
+    item = result.results[0]
+    for n, judgment in enumerate(item.judgments, 1):
+        typer.echo(f"--- judgment {n} ({judgment.status}, {judgment.generated_tokens} tokens)")
+        typer.echo(judgment.rationale.strip())
+        probs = "  ".join(f"{label}: {p:.3f}" for label, p in judgment.verdict_probs.items())
+        typer.echo(f"verdict probabilities: {probs}  (label mass {judgment.label_mass:.3f})")
+        stated = (
+            judgment.parsed_verdict
+            if judgment.parsed_verdict is not None
+            else f"none ({judgment.parse_error})"
+        )
+        typer.echo(f"expected score: {judgment.expected_score}  stated verdict: {stated}")
+    typer.echo(f"=== score {item.score}  reward {item.reward}  status {item.status}  mask {item.mask}")
 
 
 @app.command()

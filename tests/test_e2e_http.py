@@ -66,3 +66,12 @@ def test_cli_score_in_process() -> None:
     result = json.loads(done.stdout)
     score = result["results"][0]["scores"][0]
     assert score["question"] == "q1" and 0 < score["p_yes"] < 1
+
+
+def test_cli_judge_against_a_server(server: str) -> None:
+    command = [sys.executable, "-m", "rlme.service.cli", "judge", "--prompt", "What is 2+2?",
+               "--response", "4", "--max-tokens", "8", "--url", server]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--- judgment 1" in done.stdout and "verdict probabilities: 1: " in done.stdout
+    assert "=== score " in done.stdout
