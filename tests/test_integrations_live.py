@@ -337,6 +337,7 @@ def python_blocks(page: str, section: str | None = None) -> list[str]:
     ("page", "section"),
     [
         ("docs/client.md", None),
+        ("docs/judges.md", "From Python"),
         ("docs/integrations/verl.md", "From Python"),
         ("docs/integrations/slime.md", "From Python"),
     ],
@@ -408,8 +409,21 @@ def test_trl_page_examples_build_working_reward_functions(
             rewards = call_like_trl(
                 func, prompts=[row["prompt"]], completions=["2 + 2 = 4. #### 4"], **columns
             )
-            assert len(rewards) == 1 and math.isfinite(rewards[0]) and rewards[0] < 0
-    assert names == ["rlme_math", "rlme_correct", "rlme_length", "rlme_correct"]
+            assert len(rewards) == 1
+            if func.__name__ == "rlme_group_comparison":  # a group of one has nobody to compare with
+                assert rewards == [None]
+            elif func.__name__ == "rlme_judge":
+                assert rewards[0] is None or 0 <= rewards[0] <= 1
+            else:
+                assert math.isfinite(rewards[0]) and rewards[0] < 0
+    assert names == [
+        "rlme_math",
+        "rlme_correct",
+        "rlme_length",
+        "rlme_correct",
+        "rlme_judge",
+        "rlme_group_comparison",
+    ]
 
 
 def call_like_trl(func: Any, **kwargs: Any) -> list[float]:

@@ -24,6 +24,7 @@ from vllm_support import (  # noqa: E402
     QUESTIONS,
     VLLM_WARNINGS,
     VLLMServer,
+    assert_same_judgments,
     assert_same_scores,
 )
 
@@ -114,6 +115,12 @@ async def test_remote_scores_equal_the_transformers_backend(
     reference = await client.post("/v1/rewards", json=body)
     assert ours.status_code == 200, ours.text
     assert_same_scores(ours.json(), reference.json())
+
+
+async def test_remote_judges_write_and_read_like_the_transformers_backend(
+    remote_client: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    await assert_same_judgments(remote_client, client)
 
 
 async def test_a_second_identical_request_reports_cached_tokens(remote_client: httpx.AsyncClient) -> None:

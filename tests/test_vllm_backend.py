@@ -13,7 +13,15 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from vllm_support import ITEMS, LONG_ITEM, QUESTIONS, VLLM_WARNINGS, assert_same_scores, metric  # noqa: E402
+from vllm_support import (  # noqa: E402
+    ITEMS,
+    LONG_ITEM,
+    QUESTIONS,
+    VLLM_WARNINGS,
+    assert_same_judgments,
+    assert_same_scores,
+    metric,
+)
 
 from rlme.service.backends.vllm_backend import VLLMBackend  # noqa: E402
 from rlme.service.settings import EvaluatorConfig  # noqa: E402
@@ -52,6 +60,12 @@ async def test_vllm_scores_equal_the_transformers_backend(
     assert ours.status_code == 200, ours.text
     assert_same_scores(ours.json(), reference.json())
     assert ours.json()["usage"]["prompt_tokens"] == reference.json()["usage"]["prompt_tokens"]
+
+
+async def test_vllm_judges_write_and_read_like_the_transformers_backend(
+    vllm_client: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    await assert_same_judgments(vllm_client, client)
 
 
 async def test_an_items_questions_share_its_prefix_in_the_cache(vllm_client: httpx.AsyncClient) -> None:

@@ -109,3 +109,33 @@ class VLLMServer:
             for line in text.splitlines()
             if line.startswith("vllm:request_success_total")
         )
+
+
+# The judge requests every engine must answer alike under greedy decoding.
+JUDGE_REQUESTS = [
+    ("/v1/judgments", {"items": [{"prompt": "What is 2+2?", "response": "2+2 = 4."}], "max_tokens": 16}),
+    (
+        "/v1/comparisons",
+        {
+            "pairs": [{"prompt": "Say hi.", "response_a": "Hello!", "response_b": "Go away."}],
+            "max_tokens": 16,
+        },
+    ),
+]
+
+
+async def assert_same_judgments(ours: httpx.AsyncClient, reference: httpx.AsyncClient) -> None:
+    """Identical rationales and verdict probabilities within 1e-3, on every judge route."""
+    for path, body in JUDGE_REQUESTS:
+        mine, theirs = await ours.post(path, json=body), await reference.post(path, json=body)
+        assert mine.status_code == 200, mine.text
+        assert theirs.status_code == 200, theirs.text
+        a, b = mine.json(), theirs.json()
+        judgments_a = [j for r in a["results"] for o in r.get("orders", [r]) for j in o["judgments"]]
+        judgments_b = [j for r in b["results"] for o in r.get("orders", [r]) for j in o["judgments"]]
+        assert len(judgments_a) == len(judgments_b) > 0
+        for x, y in zip(judgments_a, judgments_b, strict=True):
+            assert x["rationale"] == y["rationale"]
+            assert x["generated_tokens"] == y["generated_tokens"]
+            for label, p in x["verdict_probs"].items():
+                assert p == pytest.approx(y["verdict_probs"][label], abs=1e-3)

@@ -33,6 +33,10 @@ from rlme.service.settings import EvaluatorConfig
 
 log = logging.getLogger(__name__)
 
+# Greedy prompts decoded together in one generate() call (decoding is memory-bound: a
+# batch of 16 costs little more per step than one).
+_GENERATE_ROWS = 16
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -89,41 +93,64 @@ class TransformersBackend(LoadedState):
 
     @torch.inference_mode()
     def generate(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
-        """One `model.generate` per task, its samples decoded together (a bounded batch).
+        """Greedy tasks with the same limits are decoded together, left-padded, up to
+        `_GENERATE_ROWS` prompts a pass; a sampled task is decoded alone, its samples together.
 
-        A task's samples are never batched with another task's, so a seeded task gives the
-        same samples whatever else is queued: the global torch generator is seeded per task
-        (the batcher runs one transformers batch at a time).
+        A sampled task is never batched with another task, so a seeded task gives the same
+        samples whatever else is queued: the global torch generator is seeded per task (the
+        batcher runs one transformers batch at a time).
         """
         model = self._require(self._model)
-        return [self._generate_one(model, task) for task in tasks]
+        results: list[GenerationResult | None] = [None] * len(tasks)
+        greedy: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        for i, task in enumerate(tasks):
+            if task.sampling.temperature > 0:
+                results[i] = self._decode(model, [task])[0]
+            else:
+                greedy.setdefault((task.sampling.max_tokens, task.sampling.stop), []).append(i)
+        for indices in greedy.values():
+            for start in range(0, len(indices), _GENERATE_ROWS):
+                chunk = indices[start : start + _GENERATE_ROWS]
+                for i, result in zip(chunk, self._decode(model, [tasks[i] for i in chunk]), strict=True):
+                    results[i] = result
+        return [r for r in results if r is not None]
 
-    def _generate_one(self, model: Any, task: GenerationTask) -> GenerationResult:
+    def _decode(self, model: Any, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
+        """One `model.generate`: one sampled task (n samples), or greedy tasks of one kind."""
         from transformers import GenerationConfig
 
-        s = task.sampling
+        s = tasks[0].sampling
         sampled = s.temperature > 0
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        pad = next(iter(eos_ids), 0)
         config = GenerationConfig(
             max_new_tokens=s.max_tokens,
             do_sample=sampled,
             temperature=s.temperature if sampled else None,
             top_p=s.top_p if sampled else None,
             top_k=None,
-            num_return_sequences=task.samples if sampled else 1,
+            num_return_sequences=tasks[0].samples if sampled else 1,
             eos_token_id=list(eos_ids) or None,
-            pad_token_id=next(iter(eos_ids), 0),
+            pad_token_id=pad,
             stop_strings=list(s.stop) or None,
         )
         if s.seed is not None:
             torch.manual_seed(s.seed)
-        prompt = torch.tensor([task.prompt], device=self.device)  # (1, P)
+        width = max(len(t.prompt) for t in tasks)
+        prompt = torch.full((len(tasks), width), pad, dtype=torch.long)  # (B, P), padded on the left
+        mask = torch.zeros((len(tasks), width), dtype=torch.long)  # (B, P)
+        for b, task in enumerate(tasks):
+            prompt[b, width - len(task.prompt) :] = torch.tensor(task.prompt)
+            mask[b, width - len(task.prompt) :] = 1
         output = model.generate(
-            prompt, attention_mask=torch.ones_like(prompt), generation_config=config, tokenizer=self.tokenizer
-        )  # (n, P + T)
+            prompt.to(self.device),
+            attention_mask=mask.to(self.device),
+            generation_config=config,
+            tokenizer=self.tokenizer,
+        )  # (B * n, P + T)
         samples = []
-        for row in output[:, prompt.shape[1] :].tolist():
+        for row in output[:, width:].tolist():
             end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), None)
             ids = row[:end] if end is not None else row
             text, stopped = cut_at_stop(self._tokenizer.decode(ids, skip_special_tokens=True), s.stop)
@@ -131,9 +158,13 @@ class TransformersBackend(LoadedState):
             samples.append(
                 Generation(text=text, tokens=len(ids), finish_reason="stop" if finished else "length")
             )
-        if not sampled:  # greedy: every sample is the same continuation
-            samples = samples * task.samples
-        return GenerationResult(samples=tuple(samples))
+        if sampled:
+            return [GenerationResult(samples=tuple(samples))]
+        # Greedy: every sample of a task is the same continuation.
+        return [
+            GenerationResult(samples=(sample,) * task.samples)
+            for sample, task in zip(samples, tasks, strict=True)
+        ]
 
     def _score_split(self, task: ScoringTask) -> TaskResult:
         parts = self._score_packed(self._model, task.split())
