@@ -1,11 +1,11 @@
 """Hugging Face transformers backend (CPU, or CUDA when present), in process.
 
-Prefix sharing without copying caches: an item's K questions are packed into one row,
-`prefix + suffix_1 + ... + suffix_K`, with a block attention mask (each suffix sees the
-prefix and itself, never another suffix) and position ids that restart after the prefix
-for every suffix. The prefix is computed once and its keys/values serve every question;
-the result equals scoring each question alone up to float rounding. The lm_head runs only
-at the last token of each suffix.
+Prefix sharing without copying caches: all evaluations of a batch (every question of
+every item, across the requests in it) are packed as a prefix tree into a few rows
+(prefix_tree.py): system text, a GRPO group's prompt, a response, each computed once, with
+a tree attention mask and position ids that follow the tree's depth. The result equals
+scoring each evaluation alone up to float rounding. The lm_head runs only at the last
+token of each evaluation.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from rlme.service.backends.base import (
     TaskResult,
     cut_at_stop,
 )
+from rlme.service.backends.prefix_tree import PackedRow, pack, tree_mask
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import label_tokens
 from rlme.service.settings import EvaluatorConfig
@@ -80,16 +81,66 @@ class TransformersBackend(LoadedState):
 
     @torch.inference_mode()
     def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
+        """Every question of every task in one prefix forest (prefix_tree.py), a few rows a
+        forward pass; from scratch, one row per question, when prefix_sharing is off."""
         model = self._require(self._model)
-        if not self.config.prefix_sharing:
-            return [self._score_split(task) for task in tasks]
-        results: list[TaskResult | None] = [None] * len(tasks)
-        for group in self._micro_batches(tasks):
-            for index, result in zip(
-                group, self._score_packed(model, [tasks[i] for i in group]), strict=True
+        owners = [(t, k) for t, task in enumerate(tasks) for k in range(len(task.sequences))]
+        sequences = [tasks[t].sequences[k] for t, k in owners]
+        rows = pack(sequences, self.max_forward_tokens, share=self.config.prefix_sharing)
+        logps: list[tuple[float, ...]] = [()] * len(sequences)
+        shared = [0] * len(sequences)
+        for group in self._forward_groups(rows):
+            labels = [tasks[owners[m][0]].labels_or(self.labels) for r in group for m in r.members]
+            for (member, saved), read in zip(
+                ((m, s) for r in group for m, s in zip(r.members, r.shared, strict=True)),
+                self._forward(model, group, labels),
+                strict=True,
             ):
-                results[index] = result
-        return [r for r in results if r is not None]
+                logps[member], shared[member] = read, saved
+        results, at = [], 0
+        for task in tasks:
+            k = len(task.sequences)
+            scores = tuple(LabelLogprobs(logps[at + i]) for i in range(k))
+            results.append(TaskResult(scores=scores, cached_prompt_tokens=sum(shared[at : at + k])))
+            at += k
+        return results
+
+    def _forward_groups(self, rows: list[PackedRow]) -> list[list[PackedRow]]:
+        """Rows of similar length a pass, within max_forward_tokens padded tokens."""
+        groups: list[list[PackedRow]] = []
+        for row in sorted(rows, key=lambda r: len(r.tokens)):
+            if groups and (len(groups[-1]) + 1) * len(row.tokens) <= self.max_forward_tokens:
+                groups[-1].append(row)
+            else:
+                groups.append([row])
+        return groups
+
+    def _forward(
+        self, model: Any, rows: list[PackedRow], labels: list[tuple[tuple[int, ...], ...]]
+    ) -> list[tuple[float, ...]]:
+        """Log-prob of each label group at each member's last token, in member order."""
+        width = max(len(row.tokens) for row in rows)
+        input_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (B, W); 0 = padding
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (B, W)
+        for b, row in enumerate(rows):
+            input_ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
+            position_ids[b, : len(row.tokens)] = torch.tensor(row.positions)
+        hidden = model.get_decoder()(
+            input_ids=input_ids.to(self.device),
+            attention_mask=tree_mask(rows, width).to(self.device),
+            position_ids=position_ids.to(self.device),
+            use_cache=False,
+        ).last_hidden_state  # (B, W, H)
+        row_index = torch.tensor([b for b, row in enumerate(rows) for _ in row.answers])
+        col_index = torch.tensor([c for row in rows for c in row.answers])
+        logits = model.get_output_embeddings()(
+            hidden[row_index, col_index]
+        )  # (R, V): lm_head at answers only
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (R, V)
+        return [
+            tuple(torch.logsumexp(logprobs[r, list(ids)], dim=-1).item() for ids in groups)
+            for r, groups in enumerate(labels)
+        ]
 
     @torch.inference_mode()
     def generate(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
@@ -165,101 +216,3 @@ class TransformersBackend(LoadedState):
             GenerationResult(samples=(sample,) * task.samples)
             for sample, task in zip(samples, tasks, strict=True)
         ]
-
-    def _score_split(self, task: ScoringTask) -> TaskResult:
-        parts = self._score_packed(self._model, task.split())
-        return TaskResult(scores=tuple(p.scores[0] for p in parts), cached_prompt_tokens=0)
-
-    def _micro_batches(self, tasks: Sequence[ScoringTask]) -> list[list[int]]:
-        """Group tasks of similar packed length so padding stays small."""
-        budget = self.max_forward_tokens
-        order = sorted(range(len(tasks)), key=lambda i: _packed_len(tasks[i]))
-        groups: list[list[int]] = []
-        for index in order:
-            length = _packed_len(tasks[index])
-            if groups and (len(groups[-1]) + 1) * length <= budget:
-                groups[-1].append(index)
-            else:
-                groups.append([index])
-        return groups
-
-    def _score_packed(self, model: Any, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
-        rows = [_pack(task) for task in tasks]
-        width = max(len(row.tokens) for row in rows)
-        pad_id = 0
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, N)
-        position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (B, N)
-        segments = torch.full((len(rows), width), -1, dtype=torch.long)  # (B, N); -1 = padding
-        for b, row in enumerate(rows):
-            n = len(row.tokens)
-            input_ids[b, :n] = torch.tensor(row.tokens)
-            position_ids[b, :n] = torch.tensor(row.positions)
-            segments[b, :n] = torch.tensor(row.segments)
-        mask = _block_mask(segments).to(self.device)  # (B, 1, N, N)
-        decoder = model.get_decoder()
-        hidden = decoder(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask,
-            position_ids=position_ids.to(self.device),
-            use_cache=False,
-        ).last_hidden_state  # (B, N, H)
-        row_index = torch.tensor([b for b, row in enumerate(rows) for _ in row.answer_at])
-        col_index = torch.tensor([c for row in rows for c in row.answer_at])
-        logits = model.get_output_embeddings()(hidden[row_index, col_index])  # (R, V)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (R, V)
-        results, r = [], 0
-        for task in tasks:
-            k = len(task.sequences)
-            block = logprobs[r : r + k]  # (k, V)
-            per_label = [torch.logsumexp(block[:, list(ids)], dim=-1) for ids in task.labels_or(self.labels)]
-            table = torch.stack(per_label, dim=-1).tolist()  # (k, L)
-            scores = tuple(LabelLogprobs(tuple(row)) for row in table)
-            results.append(TaskResult(scores=scores, cached_prompt_tokens=task.shared_tokens))
-            r += k
-        return results
-
-
-class _PackedRow:
-    __slots__ = ("tokens", "positions", "segments", "answer_at")
-
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.positions: list[int] = []
-        self.segments: list[int] = []  # 0 = shared prefix, k+1 = suffix of question k
-        self.answer_at: list[int] = []  # index of each question's last token
-
-
-def _pack(task: ScoringTask) -> _PackedRow:
-    row = _PackedRow()
-    p = task.prefix_len
-    row.tokens.extend(task.sequences[0][:p])
-    row.positions.extend(range(p))
-    row.segments.extend([0] * p)
-    for k, sequence in enumerate(task.sequences):
-        suffix = sequence[p:]
-        row.tokens.extend(suffix)
-        row.positions.extend(range(p, p + len(suffix)))
-        row.segments.extend([k + 1] * len(suffix))
-        row.answer_at.append(len(row.tokens) - 1)
-    return row
-
-
-def _packed_len(task: ScoringTask) -> int:
-    return task.prefix_len + sum(len(s) - task.prefix_len for s in task.sequences)
-
-
-def _block_mask(segments: torch.Tensor) -> torch.Tensor:
-    """Boolean (B, 1, N, N) mask, True where query i may attend key j.
-
-    Causal, and a key is visible if it is in the shared prefix or in the query's own
-    suffix. Padding attends only to itself so no row of the softmax is empty (an empty
-    row gives NaN, which would then flow into the padding's keys and values).
-    """
-    n = segments.shape[1]
-    causal = torch.ones((n, n), dtype=torch.bool).tril()  # (N, N)
-    query = segments[:, :, None]  # (B, N, 1)
-    key = segments[:, None, :]  # (B, 1, N)
-    visible = ((key == 0) | (key == query)) & (key >= 0) & causal
-    eye = torch.eye(n, dtype=torch.bool)[None]
-    visible = visible | (eye & (query < 0))
-    return visible[:, None]
