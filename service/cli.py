@@ -189,9 +189,15 @@ def prepare(config: ConfigOption = None) -> None:
 def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML or JSON file of TrainConfig fields.")],
 ) -> None:
-    """Train a policy with GRPO + CISPO on rewards from the service (docs/trainer.md)."""
-    from rlme.trainer.grpo import main as train_main
+    """Train a policy on the service's rewards: GRPO + CISPO (docs/trainer.md), or Meta-Rewarding's
+    iterative DPO with `algorithm: meta_rewarding` in the file (docs/meta_rewarding.md)."""
+    import yaml
 
+    values = yaml.safe_load(config.read_text()) or {}
+    if isinstance(values, dict) and values.get("algorithm") == "meta_rewarding":
+        from rlme.trainer.dpo import main as train_main
+    else:
+        from rlme.trainer.grpo import main as train_main
     train_main(str(config))
 
 

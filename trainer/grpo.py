@@ -67,6 +67,8 @@ STD_EPS = 1e-6
 
 @dataclass
 class TrainConfig:
+    algorithm: Literal["grpo"] = "grpo"
+    """Chooses this trainer in `rlme train`; 'meta_rewarding' is trainer/dpo.py."""
     model: str = "embedded"
     """Initial policy: 'embedded' (SmolLM2-135M-Instruct, as the service uses it), a HF folder or .gguf."""
     data: str = "polite"
@@ -144,6 +146,10 @@ class TrainConfig:
     """'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'. The policy is trained in float32."""
 
     def __post_init__(self) -> None:
+        if self.algorithm != "grpo":
+            raise ValueError(
+                f"algorithm {self.algorithm!r}: this is the GRPO trainer ('meta_rewarding': trainer/dpo.py)"
+            )
         if self.reward not in ("rlme", "rlvr", "mixture"):
             raise ValueError(f"reward must be 'rlme', 'rlvr' or 'mixture', not {self.reward!r}")
         if self.group_size < 2:

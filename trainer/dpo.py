@@ -1,0 +1,553 @@
+"""Meta-Rewarding: iterative DPO of a model as actor and as judge, all judging by the service.
+
+Read top to bottom: config, the pure maths (DPO loss, pair selection), the service calls,
+the update, `train()`. Run: `rlme train --config examples/meta_rewarding.yaml`
+(`algorithm: meta_rewarding`).
+
+Objective (Rafailov et al. 2023, DPO). For a pair (x, y_w, y_l), with π_ref the policy at
+the start of the iteration and s(y) = log π(y | x) summed over the response's tokens:
+
+    L(θ) = −log σ(β · [(s_θ(y_w) − s_ref(y_w)) − (s_θ(y_l) − s_ref(y_l))])
+
+Each iteration (Wu et al. 2024, Meta-Rewarding LMs, arXiv 2407.19594):
+1. Actor: sample K responses per prompt from the current policy.
+2. Judge: N judgments per response by the service (`judge`, 5-point additive rubric);
+   score = mean expected score of the usable judgments (masked ones dropped).
+3. Actor pairs with length control: S_max, S_min the best and worst scores; chosen = the
+   shortest response scoring in [(1−ρ)S_max + ρS_min, S_max], rejected = the longest in
+   [S_min, (1−ρ)S_min + ρS_max]; no pair when the scores tie (spread < `tie_margin`).
+4. Judge pairs: per prompt, the response whose judgments disagree most; the meta-judge
+   battles its N judgments in both orders (position-weighted, Bradley–Terry: service
+   /v1/meta-judgments); chosen = strongest, rejected = weakest judgment, dropped when both
+   give the same score or the chosen one is longer than `max_judgment_chars`.
+5. DPO on actor pairs and (in the first `judge_iterations` iterations) judge pairs, judge
+   pairs' loss weighted by `judge_loss_weight`; then, with `live_self`, the service's
+   evaluator reloads the new weights, so the next iteration is judged by the new model.
+
+An independent measure every iteration: on held-out prompts, greedy responses of the
+current policy against the initial policy's, compared by a *frozen* evaluator through
+/v1/comparisons (both orders; win rate = mean P(new better)), and a rule check where the
+task has one.
+
+Departures from the paper: no SFT warm-up on judge data; a small model and few samples
+(the paper: Llama-3-8B, K = 7, N = 11, T = 0.8, top-p 0.95; ours has no top-p so π_old
+is the distribution sampled from); scores are expected scores read from the judge's label
+probabilities (the paper parses the text's "Score: k"); battles are soft (a win is the
+meta-judge's probability, not a 0/1 parse); the judgment shown to the meta-judge and
+trained on is its rationale plus "Score: k" with k its most probable label.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from rlme.trainer.grpo import (
+    load_rows,
+    micro_batches,
+    push_live_self,
+    sample_groups,
+    save_checkpoint,
+    step_rows,
+)
+from rlme.trainer.outputs import read_jsonl, write_jsonl
+from rlme.trainer.rules import RULES
+
+
+@dataclass
+class MetaRewardingConfig:
+    algorithm: Literal["meta_rewarding"] = "meta_rewarding"
+    """Chooses this trainer in `rlme train` (GRPO: 'grpo')."""
+    model: str = "embedded"
+    """Initial policy: 'embedded', a HF folder or .gguf."""
+    data: str = "lists"
+    """JSONL of {"prompt": str}, or a shipped task ('lists', 'polite', 'capitals', 'arith')."""
+    rule: str | None = None
+    """A rule of trainer/rules.py logged on held-out responses ('numbered_list', ...); null: none."""
+    iterations: int = 2
+    """Meta-Rewarding iterations (the paper: 4)."""
+    prompts_per_iteration: int = 8
+    """Prompts whose responses are judged each iteration."""
+    group_size: int = 4
+    """K: responses sampled per prompt."""
+    max_new_tokens: int = 48
+    """Longest response in tokens."""
+    temperature: float = 0.8
+    """Actor sampling temperature (no top-k/top-p)."""
+    judge: str = "additive_5"
+    """The service's pointwise judge (GET /v1/judges)."""
+    judgments: int = 3
+    """N: judgments per response (sampled when > 1)."""
+    judge_temperature: float = 0.8
+    """Sampling temperature of the judge; the N judgments must differ for the meta-judge to rank them."""
+    judge_max_tokens: int = 96
+    """Longest rationale, in tokens."""
+    judge_evaluator: str | None = None
+    """The service evaluator that judges and meta-judges; null: its default."""
+    frozen_evaluator: str | None = None
+    """The evaluator of the independent win-rate measure; it must never be reloaded. null: default."""
+    length_control: float = 0.2
+    """ρ in [0, 0.5]: how far below the best score a shorter response may still be chosen (0: max/min)."""
+    tie_margin: float = 0.05
+    """No actor pair when S_max − S_min is below this."""
+    judge_iterations: int = 2
+    """Judge pairs are trained on in the first this-many iterations (the paper: 2)."""
+    max_judgment_chars: int = 1100
+    """A judge pair whose chosen judgment is longer than this is dropped (length balance)."""
+    judge_loss_weight: float = 1.0
+    """Weight of the judge pairs' DPO loss beside the actor pairs'."""
+    beta: float = 0.1
+    """DPO β."""
+    lr: float = 5e-6
+    """AdamW learning rate."""
+    epochs: int = 2
+    """Passes over an iteration's pairs."""
+    micro_batch_size: int = 4
+    """Pairs per forward/backward; gradients accumulate over an epoch's pairs."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip per optimiser step; 0 disables."""
+    eval_prompts: int = 8
+    """Held-out prompts (the last rows of the data) for the independent measure; never trained on."""
+    live_self: bool = False
+    """Reload `live_self_evaluator` on the service with the policy after each iteration."""
+    live_self_evaluator: str = "default"
+    """The evaluator that follows the policy when `live_self` is on (needs an admin key or loopback)."""
+    base_url: str | None = None
+    """The rlme service; null: $RLME_BASE_URL, else http://127.0.0.1:8000."""
+    service_wait_s: float = 300.0
+    """How long to wait at start for the service to be ready."""
+    output_dir: str = "runs/meta_rewarding"
+    """metrics.jsonl, pairs.jsonl, tb/, meta_rewarding.png and checkpoints/ go here."""
+    resume: str | None = None
+    """A checkpoint folder (output_dir/checkpoints/step_N, N = iteration) to continue from."""
+    seed: int = 0
+    """Seeds prompt order and sampling (reseeded per iteration)."""
+    device: str = "auto"
+    """'auto', 'cpu', 'cuda' or 'cuda:N'. The policy is trained in float32."""
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2 or self.judgments < 1 or self.iterations < 1:
+            raise ValueError("group_size must be >= 2, judgments and iterations >= 1")
+        if not 0.0 <= self.length_control <= 0.5:
+            raise ValueError(f"length_control (ρ) must be in [0, 0.5], not {self.length_control}")
+        if self.rule is not None and self.rule not in RULES:
+            raise ValueError(f"rule must be one of {sorted(RULES)}, not {self.rule!r}")
+
+
+def load_config(values: dict[str, Any], source: str) -> MetaRewardingConfig:
+    unknown = set(values) - {f.name for f in fields(MetaRewardingConfig)}
+    if unknown:
+        raise ValueError(f"{source}: unknown fields {sorted(unknown)}; see MetaRewardingConfig in {__file__}")
+    return MetaRewardingConfig(**values)
+
+
+# ---------------------------------------------------------------- pure maths, unit-tested
+
+
+def dpo_loss(
+    policy_chosen_logp: torch.Tensor,
+    policy_rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    beta: float,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """−log σ(β·[(π_c − ref_c) − (π_r − ref_r)]), a weighted mean over pairs. Inputs: (B,)."""
+    chosen = beta * (policy_chosen_logp - ref_chosen_logp)  # (B,) implicit rewards
+    rejected = beta * (policy_rejected_logp - ref_rejected_logp)  # (B,)
+    margin = chosen - rejected  # (B,)
+    w = torch.ones_like(margin) if weights is None else weights
+    loss = -(torch.nn.functional.logsigmoid(margin) * w).sum() / w.sum()
+    with torch.no_grad():
+        metrics = {
+            "dpo/margin": float(margin.mean()),
+            "dpo/accuracy": float((margin > 0).float().mean()),
+            "dpo/chosen_reward": float(chosen.mean()),
+            "dpo/rejected_reward": float(rejected.mean()),
+        }
+    return loss, metrics
+
+
+def actor_pair(
+    scores: list[float], lengths: list[int], rho: float, tie_margin: float
+) -> tuple[int, int] | None:
+    """(chosen, rejected) indices by the paper's length control, or None on a tie."""
+    best, worst = max(scores), min(scores)
+    if best - worst < tie_margin:
+        return None
+    high = [i for i, s in enumerate(scores) if s >= (1 - rho) * best + rho * worst]
+    low = [i for i, s in enumerate(scores) if s <= (1 - rho) * worst + rho * best]
+    chosen = min(high, key=lambda i: (lengths[i], -scores[i]))
+    rejected = max(low, key=lambda i: (lengths[i], -scores[i]))
+    return None if chosen == rejected else (chosen, rejected)
+
+
+def judge_pair_reason(
+    chosen_score: int, rejected_score: int, chosen_chars: int, max_chars: int
+) -> str | None:
+    """Why a meta-judged (chosen, rejected) judgment pair is dropped, or None to keep it."""
+    if chosen_score == rejected_score:
+        return "same score"
+    if chosen_chars > max_chars:
+        return "chosen judgment too long"
+    return None
+
+
+# ---------------------------------------------------------------- the service's judging
+
+
+def judgment_text(judgment: Any) -> str:
+    """A judgment as the meta-judge sees it and as the model learns to write it."""
+    top = max(judgment.verdict_probs, key=judgment.verdict_probs.get)
+    return f"{judgment.rationale.rstrip()}\nScore: {top}"
+
+
+def judge_responses(client: Any, cfg: MetaRewardingConfig, prompts: list[str], texts: list[str]) -> list[Any]:
+    answer = client.judgments(
+        [{"prompt": p, "response": y} for p, y in zip(prompts, texts, strict=True)],
+        judge=cfg.judge,
+        samples=cfg.judgments,
+        temperature=cfg.judge_temperature if cfg.judgments > 1 else 0.0,
+        max_tokens=cfg.judge_max_tokens,
+        evaluator=cfg.judge_evaluator,
+        seed=cfg.seed,
+    )
+    return list(answer.results)
+
+
+def win_rate(
+    client: Any, cfg: MetaRewardingConfig, prompts: list[str], new: list[str], old: list[str]
+) -> float:
+    """Mean P(new better than old) by the frozen evaluator, both orders."""
+    pairs = [
+        {"prompt": p, "response_a": a, "response_b": b} for p, a, b in zip(prompts, new, old, strict=True)
+    ]
+    results = client.compare(pairs, max_tokens=cfg.judge_max_tokens, evaluator=cfg.frozen_evaluator).results
+    wins = [r.p_a_better for r in results if r.p_a_better is not None]
+    return sum(wins) / len(wins) if wins else float("nan")
+
+
+# ---------------------------------------------------------------- policy log-probs and update
+
+
+def sequence_logps(model: Any, tokenizer: Any, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """s(y) = Σ_t log π(y_t | x, y_<t) per pair, the response closed by EOS. (B,)."""
+    ids, starts = [], []
+    for prompt, response in zip(prompts, responses, strict=True):
+        chat = [{"role": "user", "content": prompt}]
+        head = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
+        tail = tokenizer(response, add_special_tokens=False, split_special_tokens=True).input_ids
+        ids.append([*head, *tail, tokenizer.eos_token_id])
+        starts.append(len(head))
+    width = max(len(s) for s in ids)
+    batch = torch.full(
+        (len(ids), width), tokenizer.pad_token_id or 0, dtype=torch.long
+    )  # (B, L) right-padded
+    keep = torch.zeros((len(ids), width), dtype=torch.bool)  # (B, L): response tokens
+    for b, (row, start) in enumerate(zip(ids, starts, strict=True)):
+        batch[b, : len(row)] = torch.tensor(row)
+        keep[b, start : len(row)] = True
+    batch, keep = batch.to(model.device), keep.to(model.device)
+    # Right padding: real tokens never attend to it, so no attention mask is needed.
+    logits = model(input_ids=batch).logits[:, :-1].float()  # (B, L-1, V)
+    targets = batch[:, 1:]  # (B, L-1)
+    token = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (B, L-1)
+    return (token * keep[:, 1:]).sum(-1)  # (B,)
+
+
+def dpo_update(
+    model: Any,
+    ref: Any,
+    tokenizer: Any,
+    optimizer: Any,
+    pairs: list[dict[str, Any]],
+    cfg: MetaRewardingConfig,
+) -> dict[str, float]:
+    """`epochs` optimiser steps over all pairs (gradients accumulate over micro-batches)."""
+    with torch.no_grad():  # π_ref is fixed for the iteration
+        ref_c, ref_r = (
+            torch.cat(
+                [
+                    sequence_logps(ref, tokenizer, [p["prompt"] for p in pairs[s]], [p[k] for p in pairs[s]])
+                    for s in micro_batches(len(pairs), cfg.micro_batch_size)
+                ]
+            )
+            for k in ("chosen", "rejected")
+        )
+    weights = torch.tensor([cfg.judge_loss_weight if p["kind"] == "judge" else 1.0 for p in pairs])
+    history: list[dict[str, float]] = []
+    for _ in range(cfg.epochs):
+        totals: dict[str, float] = {}
+        for s in micro_batches(len(pairs), cfg.micro_batch_size):
+            prompts = [p["prompt"] for p in pairs[s]]
+            chosen = sequence_logps(model, tokenizer, prompts, [p["chosen"] for p in pairs[s]])
+            rejected = sequence_logps(model, tokenizer, prompts, [p["rejected"] for p in pairs[s]])
+            loss, metrics = dpo_loss(
+                chosen, rejected, ref_c[s], ref_r[s], cfg.beta, weights[s].to(chosen.device)
+            )
+            share = float(weights[s].sum() / weights.sum())
+            (loss * share).backward()
+            for name, value in {"dpo/loss": loss.item(), **metrics}.items():
+                totals[name] = totals.get(name, 0.0) + value * (s.stop - s.start) / len(pairs)
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+        totals["dpo/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append(totals)
+    return history[-1]
+
+
+@torch.no_grad()
+def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
+    chats = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+    enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    out = model.generate(
+        **enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id
+    )
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in out[:, enc["input_ids"].shape[1] :]]
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def iteration_pairs(
+    client: Any,
+    cfg: MetaRewardingConfig,
+    prompts: list[str],
+    texts: list[str],
+    judge_prompt: Any,
+    train_judge: bool,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Steps 2-4: judge every response, then the actor and judge pairs with why each was kept."""
+    K = cfg.group_size
+    results = judge_responses(client, cfg, prompts, texts)
+    pairs: list[dict[str, Any]] = []
+    scores_all = [r.score for r in results if r.score is not None]
+    metrics: dict[str, float] = {"judge/masked_frac": sum(r.mask for r in results) / len(results)}
+    for k in range(1, 6):
+        metrics[f"judge/score_{k}"] = sum(round(s) == k for s in scores_all) / max(1, len(scores_all))
+    metrics["judge/score_mean"] = sum(scores_all) / max(1, len(scores_all))
+    skipped = {"tie": 0, "masked": 0, "same score": 0, "chosen judgment too long": 0, "no spread": 0}
+    for g in range(0, len(texts), K):
+        group = results[g : g + K]
+        usable = [i for i, r in enumerate(group) if r.score is not None]
+        if len(usable) < 2:
+            skipped["masked"] += 1
+            continue
+        scores = [group[i].score for i in usable]
+        lengths = [len(texts[g + i]) for i in usable]
+        chosen = actor_pair(scores, lengths, cfg.length_control, cfg.tie_margin)
+        if chosen is None:
+            skipped["tie"] += 1
+        else:
+            c, r = usable[chosen[0]], usable[chosen[1]]
+            pairs.append(
+                {
+                    "kind": "actor",
+                    "prompt": prompts[g],
+                    "chosen": texts[g + c],
+                    "rejected": texts[g + r],
+                    "chosen_score": group[c].score,
+                    "rejected_score": group[r].score,
+                    "reason": f"length-controlled best/worst of {K} (rho {cfg.length_control})",
+                }
+            )
+        if not train_judge:
+            continue
+        spread = {i: _spread(group[i]) for i in usable}
+        target = max(spread, key=lambda i: spread[i])
+        judgments = [j for j in group[target].judgments if j.expected_score is not None]
+        if len(judgments) < 2 or spread[target] == 0:
+            skipped["no spread"] += 1
+            continue
+        shown = [judgment_text(j) for j in judgments]
+        meta = client.meta_judge(
+            prompts[g],
+            texts[g + target],
+            shown,
+            max_tokens=cfg.judge_max_tokens,
+            evaluator=cfg.judge_evaluator,
+        )
+        if meta.chosen is None or meta.rejected is None:
+            skipped["no spread"] += 1
+            continue
+        stated = [int(max(j.verdict_probs, key=j.verdict_probs.get)) for j in judgments]
+        why = judge_pair_reason(
+            stated[meta.chosen], stated[meta.rejected], len(shown[meta.chosen]), cfg.max_judgment_chars
+        )
+        if why is not None:
+            skipped[why] += 1
+            continue
+        pairs.append(
+            {
+                "kind": "judge",
+                "prompt": judge_prompt(prompts[g], texts[g + target]),
+                "chosen": shown[meta.chosen],
+                "rejected": shown[meta.rejected],
+                "battle_scores": meta.scores,
+                "position_bias": meta.position_bias,
+                "score_bias": meta.score_bias,
+                "reason": f"meta-judge Bradley-Terry best/worst of {len(shown)} judgments",
+            }
+        )
+    metrics.update({f"pairs/skipped_{k.replace(' ', '_')}": float(v) for k, v in skipped.items()})
+    return pairs, metrics
+
+
+def _spread(result: Any) -> float:
+    scores = [j.expected_score for j in result.judgments if j.expected_score is not None]
+    return max(scores) - min(scores) if len(scores) > 1 else 0.0
+
+
+def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
+    """Run the Meta-Rewarding iterations; returns the trained model."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlme.client import RewardClient
+    from rlme.service.judges import fill
+    from rlme.service.model_store import resolve_model
+    from rlme.service.settings import Settings
+
+    rows = load_rows(cfg.data)
+    held_out = [r["prompt"] for r in rows[-cfg.eval_prompts :]] if cfg.eval_prompts else []
+    train_rows = rows[: len(rows) - len(held_out)]
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    initial = resolve_model(cfg.model, Settings.load().cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.resume or initial)
+    tokenizer.padding_side = "left"
+    load: Any = AutoModelForCausalLM.from_pretrained
+    model = load(cfg.resume or initial, dtype=torch.float32).to(device).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
+    start = 1
+    if cfg.resume:
+        state = torch.load(Path(cfg.resume) / "trainer_state.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"] + 1
+    owns_client = client is None
+    if owns_client:
+        client = RewardClient(base_url=cfg.base_url, timeout=3600)
+        client.wait_until_ready(timeout=cfg.service_wait_s)
+    template = {j.name: j.template for j in client.judges().judges}[cfg.judge]
+
+    def judge_prompt(prompt: str, response: str) -> str:  # what the model reads as a judge
+        return f"{template.system_prompt}\n\n{fill(template, {'prompt': prompt, 'response': response})}"
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    for name in ("metrics.jsonl", "pairs.jsonl"):  # a resumed run redoes later iterations
+        write_jsonl(out / name, [r for r in read_jsonl(out / name) if r["iteration"] < start])
+    history = read_jsonl(out / "metrics.jsonl")
+    baseline_path = out / "initial_responses.json"  # the initial policy's held-out answers, kept
+    if not baseline_path.exists():
+        baseline_path.write_text(json.dumps(greedy(model, tokenizer, held_out, cfg.max_new_tokens)))
+    baseline = json.loads(baseline_path.read_text())
+    writer = SummaryWriter(str(out / "tb"), purge_step=start)
+    bar = tqdm(
+        range(start, cfg.iterations + 1), initial=start - 1, total=cfg.iterations, desc="meta-rewarding"
+    )
+    try:
+        for it in bar:
+            torch.manual_seed(cfg.seed * 1_000_003 + it)
+            batch = [
+                train_rows[i]["prompt"]
+                for i in step_rows(len(train_rows), cfg.prompts_per_iteration, it, cfg.seed)
+            ]
+            t0 = time.perf_counter()
+            # 1. actor. GRPO's helpers read only fields both configs have (group_size, temperature, ...).
+            rollout = sample_groups(model, tokenizer, batch, cfg)  # type: ignore[arg-type]
+            prompts = [p for p in batch for _ in range(cfg.group_size)]
+            t1 = time.perf_counter()
+            pairs, metrics = iteration_pairs(
+                client, cfg, prompts, rollout.texts, judge_prompt, train_judge=it <= cfg.judge_iterations
+            )
+            t2 = time.perf_counter()
+            if pairs:  # 5. DPO against the policy at the start of the iteration
+                reference = load(initial, dtype=torch.float32).to(device).eval()
+                reference.load_state_dict(model.state_dict())
+                reference.requires_grad_(False)
+                random.Random(f"{cfg.seed}-{it}").shuffle(pairs)
+                metrics.update(dpo_update(model, reference, tokenizer, optimizer, pairs, cfg))
+                del reference
+            t3 = time.perf_counter()
+            if cfg.live_self:
+                push_live_self(model, tokenizer, cfg)  # type: ignore[arg-type]
+            answers = greedy(model, tokenizer, held_out, cfg.max_new_tokens)
+            if held_out:
+                metrics["eval/win_rate_vs_initial"] = win_rate(client, cfg, held_out, answers, baseline)
+                metrics["eval/response_chars"] = sum(map(len, answers)) / len(answers)
+            if cfg.rule is not None and held_out:
+                metrics["eval/rule_accuracy"] = sum(RULES[cfg.rule](a, None) for a in answers) / len(answers)
+                metrics["eval/rule_accuracy_initial"] = sum(RULES[cfg.rule](a, None) for a in baseline) / len(
+                    baseline
+                )
+            metrics["pairs/actor"] = float(sum(p["kind"] == "actor" for p in pairs))
+            metrics["pairs/judge"] = float(sum(p["kind"] == "judge" for p in pairs))
+            metrics["response/chars_mean"] = sum(map(len, rollout.texts)) / len(rollout.texts)
+            metrics.update({"time/rollout_s": t1 - t0, "time/judging_s": t2 - t1, "time/update_s": t3 - t2})
+            history.append({"iteration": it, **metrics})
+            write_jsonl(out / "metrics.jsonl", history[-1:], mode="a")
+            write_jsonl(out / "pairs.jsonl", [{"iteration": it, **p} for p in pairs], mode="a")
+            for name, value in metrics.items():
+                writer.add_scalar(name, value, it)
+            bar.set_postfix(
+                pairs=len(pairs), win=f"{metrics.get('eval/win_rate_vs_initial', float('nan')):.2f}"
+            )
+            save_checkpoint(model, tokenizer, optimizer, it, cfg)  # type: ignore[arg-type]
+    finally:
+        bar.close()
+        writer.close()
+        if owns_client:
+            client.close()
+    if history:
+        plot_iterations(history, out / "meta_rewarding.png")
+    return model
+
+
+def plot_iterations(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("judge's score distribution", [f"judge/score_{k}" for k in range(1, 6)]),
+        ("response length (chars)", ["response/chars_mean", "eval/response_chars"]),
+        ("pairs", ["pairs/actor", "pairs/judge"]),
+        ("DPO", ["dpo/margin", "dpo/accuracy"]),
+        ("independent measure", ["eval/win_rate_vs_initial", "eval/rule_accuracy"]),
+    ]
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(7, 2.2 * len(panels)))
+    for ax, (title, names) in zip(axes, panels, strict=True):
+        for name in names:
+            points = [(h["iteration"], h[name]) for h in history if name in h]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=name)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[-1].set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(config_path: str) -> None:
+    """`rlme train --config FILE` with `algorithm: meta_rewarding`."""
+    import yaml
+
+    train(load_config(yaml.safe_load(Path(config_path).read_text()) or {}, config_path))
