@@ -69,6 +69,8 @@ class JudgeTemplate(_Wire):
                     raise ValueError("labels that are not numbers need `label_values`") from None
             if len(self.label_values) != len(self.labels):
                 raise ValueError("`label_values` needs one number per label")
+            if len(set(self.label_values)) < 2:
+                raise ValueError("`label_values` must not all be equal: the score would say nothing")
         return self
 
 

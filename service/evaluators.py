@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +130,7 @@ async def check_labels(config: EvaluatorConfig, backend: Backend) -> float:
         backend.tokenizer, config.system_prompt, SAMPLE_ITEM, [SAMPLE_QUESTION], config.chat_template_kwargs
     )
     [result] = await score_now(backend, [task])
-    label = result.scores[0]
-    mass = math.exp(label.logp_yes) + math.exp(label.logp_no)
+    mass = result.scores[0].mass
     if mass < config.min_label_mass:
         log.warning(
             "evaluator %r: the labels %s/%s get only %.4f of the probability after the rendered prompt, "

@@ -122,9 +122,12 @@ def template_sha256(template: JudgeTemplate) -> str:
 def check_placeholders(template: JudgeTemplate) -> None:
     """ValueError naming what is missing or unknown in the template's {placeholders}."""
     try:
-        used = {name for _, name, _, _ in string.Formatter().parse(template.template) if name is not None}
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template.template)]
     except ValueError as exc:  # an unmatched brace
         raise ValueError(f"template: {exc}; write '{{{{' and '}}}}' for literal braces") from None
+    if any(name is not None and (spec or conv) for name, spec, conv in fields):
+        raise ValueError("placeholders take no format spec or conversion: write {prompt}, not {prompt:d}")
+    used = {name for name, _, _ in fields if name is not None}
     required = set(PLACEHOLDERS[template.kind])
     allowed = required | set(OPTIONAL_PLACEHOLDERS[template.kind])
     if missing := required - used:

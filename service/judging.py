@@ -41,6 +41,7 @@ from rlme.service.backends.base import (
     Generation,
     GenerationResult,
     GenerationTask,
+    LabelLogprobs,
     SamplingSettings,
     ScoringTask,
     TaskResult,
@@ -58,7 +59,7 @@ from rlme.service.judges import (
     verdict_reading,
 )
 from rlme.service.metrics import Metrics
-from rlme.service.prompting import common_prefix_len, encode_text, tokenize_turn
+from rlme.service.prompting import encode_text, tokenize_turn
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
 
@@ -243,8 +244,7 @@ class JudgeService:
                     (*prompt, *encode_text(tokenizer, lead + template.cue + judge.reading.suffix))
                 )
                 split.append((sample, rationale, parsed, error))
-            prefix = min(common_prefix_len(sequences), min(len(s) for s in sequences) - 1)
-            reads.append(ScoringTask(tuple(sequences), prefix, judge.reading.label_ids))
+            reads.append(ScoringTask.sharing(sequences, judge.reading.label_ids))
             texts.append(split)
         read = await _gather(
             batcher.submit(task, deadline, tenant, weight) for task in reads if task is not None
@@ -268,7 +268,7 @@ class JudgeService:
 
     def judgment(self, judge: Resolved, reading: Reading) -> Judgment:
         template = judge.template
-        mass = sum(math.exp(v) for v in reading.logps)
+        mass = LabelLogprobs(reading.logps).mass
         top = max(reading.logps)
         weights = [math.exp(v - top) for v in reading.logps]
         probs = [w / sum(weights) for w in weights] if top > -math.inf else [0.0] * len(weights)
@@ -364,12 +364,7 @@ class JudgeService:
     def _order(self, order: str, judge: Resolved, asked: Asked, first_is_a: bool) -> OrderVerdict:
         judgments = [self.judgment(judge, r) for r in asked.readings]
         first, second = judge.template.labels
-        usable = [
-            j.verdict_probs[first if first_is_a else second]
-            for j in judgments
-            if j.status != "low_label_mass"
-        ]
-        p = sum(usable) / len(usable) if usable else None
+        p = _mean_prob(judgments, first if first_is_a else second)
         return OrderVerdict(order=order, p_a_better=p, judgments=judgments)  # type: ignore[arg-type]
 
     async def meta_judgments(self, request: MetaJudgmentRequest, tenant: str) -> MetaJudgmentResponse:
@@ -396,8 +391,7 @@ class JudgeService:
         fights, battles = [], []
         for (m, k), one in zip(order, asked, strict=True):
             judgments = [self.judgment(judge, r) for r in one.readings]
-            usable = [j.verdict_probs[label_first] for j in judgments if j.status != "low_label_mass"]
-            p = sum(usable) / len(usable) if usable else None
+            p = _mean_prob(judgments, label_first)
             battles.append(Battle(first=m, second=k, p_first_better=p, judgments=judgments))
             if p is not None:
                 fights.append(((m, k), p))
@@ -433,6 +427,12 @@ async def _gather(work: Sequence[object] | object) -> list[object]:
         if isinstance(outcome, ServiceError) and outcome.status_code in (429, 503):
             raise outcome
     return list(outcomes)
+
+
+def _mean_prob(judgments: list[Judgment], label: str) -> float | None:
+    """Mean P(label) over the judgments whose labels got enough probability to read."""
+    usable = [j.verdict_probs[label] for j in judgments if j.status != "low_label_mass"]
+    return sum(usable) / len(usable) if usable else None
 
 
 def _failure(outcome: object) -> ServiceError | Exception:

@@ -195,7 +195,7 @@ class RewardScorer:
                 for question, label in zip(plan.questions, result.scores, strict=True):
                     logp = log_p_yes(label.logp_yes, label.logp_no)
                     terms[i].append((v, question.weight, logp))
-                    mass = math.exp(label.logp_yes) + math.exp(label.logp_no)
+                    mass = label.mass
                     low_mass = mass < evaluator.config.min_label_mass
                     low_masses += low_mass
                     scores[i].append(

@@ -152,6 +152,19 @@ async def test_concurrent_requests_each_get_their_single_call_result(client: htt
             422,
             "single tokens",
         ),
+        ({"template": {"system_prompt": "s", "template": "{prompt:d} {response}"}}, 422, "format spec"),
+        (
+            {
+                "template": {
+                    "system_prompt": "s",
+                    "template": "{prompt} {response}",
+                    "labels": ["1", "2"],
+                    "label_values": [3, 3],
+                }
+            },
+            422,
+            "must not all be equal",
+        ),
         ({"samples": 0}, 422, "samples"),
         ({"samples": 5}, 422, "at most 4"),
         ({"max_tokens": 25}, 422, "at most 24"),

@@ -68,6 +68,24 @@ async def test_vllm_judges_write_and_read_like_the_transformers_backend(
     await assert_same_judgments(vllm_client, client)
 
 
+async def test_vllm_judges_write_several_seeded_samples(vllm_client: httpx.AsyncClient) -> None:
+    body = {
+        "items": [{"prompt": "Say hi.", "response": "Hello!"}],
+        "samples": 3,
+        "temperature": 1.0,
+        "seed": 5,
+        "max_tokens": 8,
+    }
+    first = await vllm_client.post("/v1/judgments", json=body)
+    again = await vllm_client.post("/v1/judgments", json=body)
+    assert first.status_code == 200, first.text
+    judgments = first.json()["results"][0]["judgments"]
+    assert len(judgments) == 3 and first.json()["results"][0]["status"] != "error"
+    assert [j["rationale"] for j in judgments] == [
+        j["rationale"] for j in again.json()["results"][0]["judgments"]
+    ]
+
+
 async def test_an_items_questions_share_its_prefix_in_the_cache(vllm_client: httpx.AsyncClient) -> None:
     item = {**LONG_ITEM, "response": LONG_ITEM["response"] + " (shared prefix)"}  # not cached yet
     answer = await vllm_client.post("/v1/rewards", json={"items": [item], "questions": QUESTIONS})

@@ -17,7 +17,8 @@ Definitions, as in the R-Align authors' evaluation code:
 - S-Corr  = 1 − aligned / (aligned + misaligned)  over label-correct rows with a check;
 - F-Score = aligned / (total − call failures − parse failures).
 A call failure is a judge comparison or an alignment check the service could not make
-(masked: timeout, error); a parse failure is a judge verdict that cannot be read (the
+(masked: timeout, error; or an aligner that did not answer yes/no: low label mass); a
+parse failure is a judge verdict that cannot be read (the
 labels got no probability mass, or exactly 0.5). Bootstrap 95% intervals resample rows.
 
 Rows are audited in chunks; each finished chunk is appended to `audit.partial.jsonl`, so
@@ -52,6 +53,7 @@ class AuditRow:
     response_b: str
     label: str
     gold_rationale: str
+    distractor: bool = False  # the better response looks worse on shallow cues
 
 
 def read_rows(path: Path) -> list[AuditRow]:
@@ -77,6 +79,7 @@ def read_rows(path: Path) -> list[AuditRow]:
                 index=len(rows),
                 id=str(raw.get("id", number)),
                 category=str(raw.get("category", "all")),
+                distractor=bool(raw.get("distractor", False)),
                 **{f: raw[f] for f in FIELDS},
             )
         )
@@ -136,7 +139,12 @@ def summary(records: Sequence[dict[str, Any]], rounds: int = 1000) -> dict[str, 
 
     categories = sorted({r["category"] for r in records})
     by_category = {c: with_intervals([r for r in records if r["category"] == c]) for c in categories}
-    return {"overall": with_intervals(records), "by_category": by_category if len(categories) > 1 else {}}
+    tempting = [r for r in records if r.get("distractor")]
+    return {
+        "overall": with_intervals(records),
+        "by_category": by_category if len(categories) > 1 else {},
+        "distractors": with_intervals(tempting) if tempting else None,
+    }
 
 
 # ---------------------------------------------------------------- asking the service
@@ -190,9 +198,12 @@ def align(client: Any, records: list[dict[str, Any]], aligner: str | None, thres
         evaluators=[{"name": aligner}] if aligner else None,
     )
     for record, result in zip(todo, answer.results, strict=True):
-        p = result.scores[0].p_yes
-        record["alignment_p"] = p
-        record["aligned"] = p >= threshold
+        score = result.scores[0]
+        if score.low_label_mass:  # the aligner did not answer yes/no: a failed check, not a number
+            record.update(status="call_failure", alignment_p=None, aligned=None)
+            continue
+        record["alignment_p"] = score.p_yes
+        record["aligned"] = score.p_yes >= threshold
 
 
 # ---------------------------------------------------------------- the run
@@ -222,7 +233,12 @@ def run_audit(
     key = fingerprint(data, judge, aligner, threshold, max_tokens)
     done: dict[int, dict[str, Any]] = {}
     if partial.exists():
-        lines = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
+        lines = []
+        for line in partial.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut off when the audit was interrupted: redo it
+                break
         if lines and lines[0].get("fingerprint") != key:
             raise ValueError(
                 f"{partial} belongs to another audit (other data, judge, aligner or threshold); "
@@ -293,6 +309,15 @@ def markdown(report: dict[str, Any]) -> str:
         for name, c in report["by_category"].items():
             numbers = " | ".join(_fmt(c[k]) for k in ("label_accuracy", "s_corr", "f_score"))
             lines.append(f"| {name} | {c['total']} | {numbers} |")
+    if report.get("distractors"):
+        d = report["distractors"]
+        numbers = " | ".join(_fmt(d[k]) for k in ("label_accuracy", "s_corr", "f_score"))
+        lines += [
+            "",
+            "| tempting distractors only | rows | label accuracy | S-Corr | F-Score |",
+            "|---|---|---|---|---|",
+        ]
+        lines.append(f"| | {d['total']} | {numbers} |")
     lines += [
         "",
         "## What these numbers can and cannot say",

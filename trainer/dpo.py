@@ -203,10 +203,14 @@ def judge_pair_reason(
 # ---------------------------------------------------------------- the service's judging
 
 
-def judgment_text(judgment: Any) -> str:
+def verdict_of(judgment: Any) -> str:
+    """The judgment's most probable label."""
+    return str(max(judgment.verdict_probs, key=judgment.verdict_probs.get))
+
+
+def judgment_text(judgment: Any, cue: str) -> str:
     """A judgment as the meta-judge sees it and as the model learns to write it."""
-    top = max(judgment.verdict_probs, key=judgment.verdict_probs.get)
-    return f"{judgment.rationale.rstrip()}\nScore: {top}"
+    return f"{judgment.rationale.rstrip()}\n{cue} {verdict_of(judgment)}"
 
 
 def judge_responses(client: Any, cfg: MetaRewardingConfig, prompts: list[str], texts: list[str]) -> list[Any]:
@@ -237,14 +241,17 @@ def win_rate(
 # ---------------------------------------------------------------- policy log-probs and update
 
 
-def sequence_logps(model: Any, tokenizer: Any, prompts: list[str], responses: list[str]) -> torch.Tensor:
-    """s(y) = Σ_t log π(y_t | x, y_<t) per pair, the response closed by EOS. (B,)."""
+def sequence_logps(
+    model: Any, tokenizer: Any, prompts: list[str], responses: list[str], ended: list[bool]
+) -> torch.Tensor:
+    """s(y) = Σ_t log π(y_t | x, y_<t) per pair; a response that ended (not cut off at the
+    token limit) is closed by EOS, as it was sampled. (B,)."""
     ids, starts = [], []
-    for prompt, response in zip(prompts, responses, strict=True):
+    for prompt, response, closed in zip(prompts, responses, ended, strict=True):
         chat = [{"role": "user", "content": prompt}]
         head = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
         tail = tokenizer(response, add_special_tokens=False, split_special_tokens=True).input_ids
-        ids.append([*head, *tail, tokenizer.eos_token_id])
+        ids.append([*head, *tail, *([tokenizer.eos_token_id] if closed else [])])
         starts.append(len(head))
     width = max(len(s) for s in ids)
     batch = torch.full(
@@ -271,24 +278,23 @@ def dpo_update(
     cfg: MetaRewardingConfig,
 ) -> dict[str, float]:
     """`epochs` optimiser steps over all pairs (gradients accumulate over micro-batches)."""
+
+    def logps(policy: Any, part: list[dict[str, Any]], side: str) -> torch.Tensor:
+        prompts, texts = [p["prompt"] for p in part], [p[side] for p in part]
+        return sequence_logps(policy, tokenizer, prompts, texts, [p[f"{side}_ended"] for p in part])
+
+    parts = micro_batches(len(pairs), cfg.micro_batch_size)
     with torch.no_grad():  # π_ref is fixed for the iteration
-        ref_c, ref_r = (
-            torch.cat(
-                [
-                    sequence_logps(ref, tokenizer, [p["prompt"] for p in pairs[s]], [p[k] for p in pairs[s]])
-                    for s in micro_batches(len(pairs), cfg.micro_batch_size)
-                ]
-            )
-            for k in ("chosen", "rejected")
-        )
+        ref_c = torch.cat([logps(ref, pairs[s], "chosen") for s in parts])  # (P,)
+        ref_r = torch.cat([logps(ref, pairs[s], "rejected") for s in parts])  # (P,)
     weights = torch.tensor([cfg.judge_loss_weight if p["kind"] == "judge" else 1.0 for p in pairs])
     history: list[dict[str, float]] = []
     for _ in range(cfg.epochs):
         totals: dict[str, float] = {}
-        for s in micro_batches(len(pairs), cfg.micro_batch_size):
-            prompts = [p["prompt"] for p in pairs[s]]
-            chosen = sequence_logps(model, tokenizer, prompts, [p["chosen"] for p in pairs[s]])
-            rejected = sequence_logps(model, tokenizer, prompts, [p["rejected"] for p in pairs[s]])
+        for s in parts:
+            chosen, rejected = logps(model, pairs[s], "chosen"), logps(model, pairs[s], "rejected")
+            if float(weights[s].sum()) == 0:  # only pairs that do not count: no gradient, no NaN
+                continue
             loss, metrics = dpo_loss(
                 chosen, rejected, ref_c[s], ref_r[s], cfg.beta, weights[s].to(chosen.device)
             )
@@ -327,6 +333,8 @@ def iteration_pairs(
     cfg: MetaRewardingConfig,
     prompts: list[str],
     texts: list[str],
+    ended: list[bool],
+    template: Any,
     judge_prompt: Any,
     train_judge: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -359,6 +367,8 @@ def iteration_pairs(
                     "prompt": prompts[g],
                     "chosen": texts[g + c],
                     "rejected": texts[g + r],
+                    "chosen_ended": ended[g + c],
+                    "rejected_ended": ended[g + r],
                     "chosen_score": group[c].score,
                     "rejected_score": group[r].score,
                     "reason": f"length-controlled best/worst of {K} (rho {cfg.length_control})",
@@ -372,18 +382,19 @@ def iteration_pairs(
         if len(judgments) < 2 or spread[target] == 0:
             skipped["no spread"] += 1
             continue
-        shown = [judgment_text(j) for j in judgments]
+        shown = [judgment_text(j, template.cue) for j in judgments]
+        stated = [template.label_values[template.labels.index(verdict_of(j))] for j in judgments]
         meta = client.meta_judge(
             prompts[g],
             texts[g + target],
             shown,
+            judgment_scores=stated,
             max_tokens=cfg.judge_max_tokens,
             evaluator=cfg.judge_evaluator,
         )
         if meta.chosen is None or meta.rejected is None:
             skipped["no spread"] += 1
             continue
-        stated = [int(max(j.verdict_probs, key=j.verdict_probs.get)) for j in judgments]
         why = judge_pair_reason(
             stated[meta.chosen], stated[meta.rejected], len(shown[meta.chosen]), cfg.max_judgment_chars
         )
@@ -396,6 +407,10 @@ def iteration_pairs(
                 "prompt": judge_prompt(prompts[g], texts[g + target]),
                 "chosen": shown[meta.chosen],
                 "rejected": shown[meta.rejected],
+                "chosen_ended": True,
+                "rejected_ended": True,
+                "chosen_score": stated[meta.chosen],
+                "rejected_score": stated[meta.rejected],
                 "battle_scores": meta.scores,
                 "position_bias": meta.position_bias,
                 "score_bias": meta.score_bias,
@@ -454,8 +469,12 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
         write_jsonl(out / name, [r for r in read_jsonl(out / name) if r["iteration"] < start])
     history = read_jsonl(out / "metrics.jsonl")
     baseline_path = out / "initial_responses.json"  # the initial policy's held-out answers, kept
-    if not baseline_path.exists():
-        baseline_path.write_text(json.dumps(greedy(model, tokenizer, held_out, cfg.max_new_tokens)))
+    if not baseline_path.exists():  # from the initial weights, also when resuming
+        first = model if not cfg.resume else load(initial, dtype=torch.float32).to(device).eval()
+        baseline_path.write_text(json.dumps(greedy(first, tokenizer, held_out, cfg.max_new_tokens)))
+        del first
+    if cfg.resume and cfg.live_self:  # the service may have restarted on older weights
+        push_live_self(model, tokenizer, cfg)  # type: ignore[arg-type]
     baseline = json.loads(baseline_path.read_text())
     writer = SummaryWriter(str(out / "tb"), purge_step=start)
     bar = tqdm(
@@ -473,8 +492,12 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
             rollout = sample_groups(model, tokenizer, batch, cfg)  # type: ignore[arg-type]
             prompts = [p for p in batch for _ in range(cfg.group_size)]
             t1 = time.perf_counter()
+            eos = model.generation_config.eos_token_id
+            eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=rollout.sequences.device)
+            ended = torch.isin(rollout.sequences[:, rollout.prompt_len :], eos_ids).any(1).tolist()
+            train_judge = it <= cfg.judge_iterations and cfg.judge_loss_weight > 0
             pairs, metrics = iteration_pairs(
-                client, cfg, prompts, rollout.texts, judge_prompt, train_judge=it <= cfg.judge_iterations
+                client, cfg, prompts, rollout.texts, ended, template, judge_prompt, train_judge
             )
             t2 = time.perf_counter()
             if pairs:  # 5. DPO against the policy at the start of the iteration

@@ -53,6 +53,15 @@ class ScoringTask:
     def labels_or(self, default: LabelTokens) -> tuple[tuple[int, ...], ...]:
         return self.label_ids or (default.yes_ids, default.no_ids)
 
+    @classmethod
+    def sharing(
+        cls, sequences: Sequence[Sequence[int]], label_ids: tuple[tuple[int, ...], ...] | None = None
+    ) -> ScoringTask:
+        """A task over `sequences` with their shared prefix, keeping at least one token per
+        sequence after it: that token's logits are the answer."""
+        prefix_len = min(common_prefix_len(sequences), min(len(s) for s in sequences) - 1)
+        return cls(tuple(tuple(s) for s in sequences), prefix_len, label_ids)
+
 
 def build_task(
     tokenizer: Tokenizer,
@@ -62,11 +71,9 @@ def build_task(
     template_kwargs: Mapping[str, Any] | None = None,
 ) -> ScoringTask:
     """One item's questions as full token sequences, and the prefix they share."""
-    sequences = tuple(tuple(tokenize(tokenizer, system_prompt, item, q, template_kwargs)) for q in questions)
-    shortest = min(len(s) for s in sequences)
-    # Keep at least one token per question after the prefix: its logits are the answer.
-    prefix_len = min(common_prefix_len(sequences), shortest - 1)
-    return ScoringTask(sequences=sequences, prefix_len=prefix_len)
+    return ScoringTask.sharing(
+        [tokenize(tokenizer, system_prompt, item, q, template_kwargs) for q in questions]
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,11 @@ class LabelLogprobs:
     order of the task's labels: (yes, no) for a meta-question."""
 
     logps: tuple[float, ...]
+
+    @property
+    def mass(self) -> float:
+        """Full-vocabulary probability of all the labels together."""
+        return sum(math.exp(v) for v in self.logps)
 
     @property
     def logp_yes(self) -> float:
@@ -236,6 +248,11 @@ async def _run(backend: Backend, method: str, work: Sequence[Work]) -> Any:
     if run_async is not None:  # engines with their own event loop (vLLM, remote)
         return list(await run_async(work))
     return await asyncio.to_thread(getattr(backend, method), work)  # keeps the event loop free
+
+
+def flat_label_ids(labels: tuple[tuple[int, ...], ...]) -> list[int]:
+    """Every label's token ids once, for engines that take one list of ids to report."""
+    return list(dict.fromkeys(i for ids in labels for i in ids))
 
 
 def logsumexp(values: Sequence[float]) -> float:

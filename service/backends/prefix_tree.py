@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlme.service.prompting import common_prefix_len
+
 
 @dataclass
 class PackedRow:
@@ -36,14 +38,6 @@ class PackedRow:
     shared: list[int] = field(default_factory=list)  # tokens each member did not recompute
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def pack(sequences: Sequence[Sequence[int]], budget: int, share: bool = True) -> list[PackedRow]:
     """Rows of the prefix tree of `sequences`; `share=False` gives one row per sequence."""
     rows: list[PackedRow] = []
@@ -52,7 +46,7 @@ def pack(sequences: Sequence[Sequence[int]], budget: int, share: bool = True) ->
     path: list[int] = []  # row index of the previous sequence's token at each depth
     for index in sorted(range(len(sequences)), key=lambda i: tuple(sequences[i])):
         sequence = sequences[index]
-        lcp = _common_prefix(previous, sequence) if row is not None and share else 0
+        lcp = common_prefix_len((previous, sequence)) if row is not None and share else 0
         if row is None or not share or (row.tokens and len(row.tokens) + len(sequence) - lcp > budget):
             row, lcp, path = PackedRow(), 0, []
             rows.append(row)

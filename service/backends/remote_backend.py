@@ -41,6 +41,7 @@ from rlme.service.backends.base import (
     ScoringTask,
     TaskResult,
     cut_at_stop,
+    flat_label_ids,
     logsumexp,
 )
 from rlme.service.model_store import resolve_model
@@ -307,7 +308,7 @@ class RemoteBackend(EventLoopState):
     async def _complete(
         self, replica: Replica, sequence: Sequence[int], labels: tuple[tuple[int, ...], ...]
     ) -> tuple[LabelLogprobs, int]:
-        label_ids = list(dict.fromkeys(i for ids in labels for i in ids))
+        label_ids = flat_label_ids(labels)
         body = {
             "model": replica.model,
             "prompt": list(sequence),

@@ -38,6 +38,7 @@ from rlme.service.backends.base import (
     ScoringTask,
     TaskResult,
     cut_at_stop,
+    flat_label_ids,
     logsumexp,
 )
 from rlme.service.model_store import resolve_model
@@ -156,8 +157,9 @@ class VLLMBackend(EventLoopState):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        label_ids = list(dict.fromkeys(i for ids in labels for i in ids))
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=label_ids, detokenize=False)
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=flat_label_ids(labels), detokenize=False
+        )
         request_id = f"rlme-{self._request_prefix}-{next(self._request_ids)}"
         final = None
         async for output in self._engine.generate(
@@ -177,9 +179,12 @@ class VLLMBackend(EventLoopState):
     async def _generate_one(self, task: GenerationTask) -> GenerationResult:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         s = task.sampling
         params = SamplingParams(
+            # With n > 1 the default streaming kind hands each sample over on its own.
+            output_kind=RequestOutputKind.FINAL_ONLY,
             n=task.samples,
             temperature=s.temperature,
             top_p=s.top_p,
