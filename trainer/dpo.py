@@ -344,6 +344,8 @@ def iteration_pairs(
     pairs: list[dict[str, Any]] = []
     scores_all = [r.score for r in results if r.score is not None]
     metrics: dict[str, float] = {"judge/masked_frac": sum(r.mask for r in results) / len(results)}
+    for status in sorted({r.status for r in results}):  # why items were masked: timeout, error, ...
+        metrics[f"judge/status_{status}"] = sum(r.status == status for r in results) / len(results)
     for k in range(1, 6):
         metrics[f"judge/score_{k}"] = sum(round(s) == k for s in scores_all) / max(1, len(scores_all))
     metrics["judge/score_mean"] = sum(scores_all) / max(1, len(scores_all))
