@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from rlme.service.model_store import EMBEDDED, resolve_model
 from rlme.service.settings import Settings
 
-from support import loaded_app, service_settings
+from support import loaded_app, service_settings, start_server
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,10 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://rlme") as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def one_thread_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `rlme serve` with one torch thread (beside a trainer or client on 2 shared cores)."""
+    with start_server(tmp_path_factory.mktemp("server"), env={"OMP_NUM_THREADS": "1"}) as url:
+        yield url

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,6 @@ import pytest
 
 from rlme.client import RewardClient
 from rlme.trainer.audit import audit_metrics, bootstrap, read_rows, run_audit
-
-from support import start_server
 
 
 def record(
@@ -141,19 +138,13 @@ def test_an_interrupted_audit_resumes_without_redoing_rows(tmp_path: Path) -> No
     assert {p.name for p in out.iterdir()} == {"audit.json", "audit.md", "audit.png"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with start_server(tmp_path_factory.mktemp("server"), env={"OMP_NUM_THREADS": "1"}) as url:
-        yield url
-
-
 @pytest.mark.model
 @pytest.mark.e2e
-def test_four_shipped_rows_with_the_embedded_model(server: str, tmp_path: Path) -> None:
+def test_four_shipped_rows_with_the_embedded_model(one_thread_server: str, tmp_path: Path) -> None:
     shipped = Path(__file__).parent.parent / "trainer" / "data" / "audit_pairs.jsonl"
     data = tmp_path / "four.jsonl"
     data.write_text("".join(shipped.read_text().splitlines(keepends=True)[:4]))
-    with RewardClient(base_url=server, timeout=600) as client:
+    with RewardClient(base_url=one_thread_server, timeout=600) as client:
         report = run_audit(client, data, tmp_path / "out", max_tokens=8)
     assert report["overall"]["total"] == 4
     for row in report["rows"]:

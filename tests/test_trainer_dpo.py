@@ -7,15 +7,12 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlme.trainer.dpo import actor_pair, dpo_loss, judge_pair_reason, load_config
-
-from support import start_server
 
 
 def test_dpo_loss_against_numbers_worked_out_by_hand() -> None:
@@ -57,15 +54,11 @@ def test_config_refuses_unknown_fields_and_bad_rho() -> None:
         load_config({"length_control": 0.7}, "x.yaml")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with start_server(tmp_path_factory.mktemp("server"), env={"OMP_NUM_THREADS": "1"}) as url:
-        yield url
-
-
 @pytest.mark.model
 @pytest.mark.e2e
-def test_one_tiny_iteration_writes_every_output_and_changes_the_weights(server: str, tmp_path: Path) -> None:
+def test_one_tiny_iteration_writes_every_output_and_changes_the_weights(
+    one_thread_server: str, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     config = {
         "algorithm": "meta_rewarding",
@@ -81,7 +74,7 @@ def test_one_tiny_iteration_writes_every_output_and_changes_the_weights(server: 
         "tie_margin": 0.0,
         "lr": 1e-4,
         "epochs": 1,
-        "base_url": server,
+        "base_url": one_thread_server,
         "output_dir": str(run),
     }
     path = tmp_path / "config.yaml"
