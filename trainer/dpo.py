@@ -57,7 +57,7 @@ from rlme.trainer.grpo import (
     save_checkpoint,
     step_rows,
 )
-from rlme.trainer.outputs import read_jsonl, write_jsonl
+from rlme.trainer.outputs import plot_iterations, read_jsonl, write_jsonl
 from rlme.trainer.rules import RULES
 
 
@@ -542,33 +542,6 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
     if history:
         plot_iterations(history, out / "meta_rewarding.png")
     return model
-
-
-def plot_iterations(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [
-        ("judge's score distribution", [f"judge/score_{k}" for k in range(1, 6)]),
-        ("response length (chars)", ["response/chars_mean", "eval/response_chars"]),
-        ("pairs", ["pairs/actor", "pairs/judge"]),
-        ("DPO", ["dpo/margin", "dpo/accuracy"]),
-        ("independent measure", ["eval/win_rate_vs_initial", "eval/rule_accuracy"]),
-    ]
-    fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(7, 2.2 * len(panels)))
-    for ax, (title, names) in zip(axes, panels, strict=True):
-        for name in names:
-            points = [(h["iteration"], h[name]) for h in history if name in h]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=name)
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-    axes[-1].set_xlabel("iteration")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(config_path: str) -> None:

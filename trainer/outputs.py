@@ -1,4 +1,5 @@
-"""What a training run writes besides checkpoints: JSONL records and the reward-curve plot."""
+"""What a training run writes besides checkpoints: JSONL records, the GRPO reward curves and the
+Meta-Rewarding per-iteration figure."""
 
 from __future__ import annotations
 
@@ -33,6 +34,33 @@ def plot_rewards(history: list[dict[str, float]], path: Path) -> None:
         ax.plot(*zip(*points, strict=True), marker=".")
         ax.set_ylabel(name, fontsize=8)
     axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_iterations(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("judge's score distribution", [f"judge/score_{k}" for k in range(1, 6)]),
+        ("response length (chars)", ["response/chars_mean", "eval/response_chars"]),
+        ("pairs", ["pairs/actor", "pairs/judge"]),
+        ("DPO", ["dpo/margin", "dpo/accuracy"]),
+        ("independent measure", ["eval/win_rate_vs_initial", "eval/rule_accuracy"]),
+    ]
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(7, 2.2 * len(panels)))
+    for ax, (title, names) in zip(axes, panels, strict=True):
+        for name in names:
+            points = [(h["iteration"], h[name]) for h in history if name in h]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=name)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[-1].set_xlabel("iteration")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
