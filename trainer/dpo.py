@@ -43,13 +43,14 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from rlme.trainer.grpo import (
+    config_from,
     load_rows,
     micro_batches,
     push_live_self,
@@ -142,10 +143,9 @@ class MetaRewardingConfig:
 
 
 def load_config(values: dict[str, Any], source: str) -> MetaRewardingConfig:
-    unknown = set(values) - {f.name for f in fields(MetaRewardingConfig)}
-    if unknown:
-        raise ValueError(f"{source}: unknown fields {sorted(unknown)}; see MetaRewardingConfig in {__file__}")
-    return MetaRewardingConfig(**values)
+    """Checked like GRPO's config: unknown fields and wrongly typed scalars are errors."""
+    config: MetaRewardingConfig = config_from(MetaRewardingConfig, values, source)
+    return config
 
 
 # ---------------------------------------------------------------- pure maths, unit-tested

@@ -169,10 +169,15 @@ def load_config(path: str | Path) -> TrainConfig:
     import yaml
 
     values = yaml.safe_load(Path(path).read_text()) or {}  # YAML is a superset of JSON
-    types = {f.name: f.type for f in fields(TrainConfig)}
+    return config_from(TrainConfig, values, str(path))
+
+
+def config_from(cls: Any, values: dict[str, Any], source: str) -> Any:
+    """`cls(**values)` for a trainer's config dataclass, after checking names and scalar types."""
+    types = {f.name: f.type for f in fields(cls)}
     unknown = set(values) - set(types)
     if unknown:
-        raise ValueError(f"{path}: unknown fields {sorted(unknown)}; see TrainConfig in {__file__}")
+        raise ValueError(f"{source}: unknown fields {sorted(unknown)}; see {cls.__name__} ({cls.__module__})")
     for name, value in values.items():
         kind = str(types[name])
         if kind == "float" and isinstance(value, str):
@@ -180,8 +185,8 @@ def load_config(path: str | Path) -> TrainConfig:
                 value = values[name] = float(value)
         allowed = {"float": (int, float), "int": (int,), "bool": (bool,)}.get(kind)
         if allowed and (not isinstance(value, allowed) or isinstance(value, bool) != (kind == "bool")):
-            raise ValueError(f"{path}: {name} must be {kind}, not {value!r}")
-    return TrainConfig(**values)
+            raise ValueError(f"{source}: {name} must be {kind}, not {value!r}")
+    return cls(**values)
 
 
 # ---------------------------------------------------------------- pure maths, unit-tested
