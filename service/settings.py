@@ -67,6 +67,9 @@ class RemoteOptions(_Strict):
     timeout_s: float = Field(60.0, gt=0)
     health_interval_s: float = Field(5.0, gt=0, description="How often a failed replica is re-checked.")
     max_concurrency: int = Field(16, ge=1, description="In-flight requests per replica.")
+    max_batch_prompts: int = Field(
+        256, ge=1, description="Evaluations per `/v1/completions` request (a list prompt)."
+    )
 
 
 class EvaluatorConfig(_Strict):

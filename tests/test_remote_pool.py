@@ -19,7 +19,7 @@ import pytest
 
 from rlme.client.wire import Item, MetaQuestion
 from rlme.service.backends.base import ScoringTask, build_task
-from rlme.service.backends.remote_backend import RemoteBackend, ReplicaError
+from rlme.service.backends.remote_backend import RemoteBackend, ReplicaError, share_out
 from rlme.service.prompting import encode
 from rlme.service.settings import EvaluatorConfig, Settings
 
@@ -37,7 +37,9 @@ class FakeReplicas:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.state = {url: "up" for url in URLS}
-        self.completions: Counter[str] = Counter()
+        self.completions: Counter[str] = Counter()  # evaluations
+        self.requests: Counter[str] = Counter()  # /v1/completions requests
+        self.batch_sizes: list[int] = []  # prompts per request
         self.items_seen: dict[str, set[tuple[int, ...]]] = {url: set() for url in URLS}
         self.prompts: list[list[int]] = []  # every completion prompt, as sent
 
@@ -61,18 +63,28 @@ class FakeReplicas:
                 tokens = [t + 1 for t in tokens]
             return httpx.Response(200, json={"tokens": tokens, "count": len(tokens)})
         assert request.url.path == "/v1/completions"
-        prompt = body["prompt"]
-        if len(prompt) > 512:
+        prompts = body["prompt"]
+        assert prompts and all(isinstance(p, list) for p in prompts)  # a batch of token-id lists
+        if any(len(p) > 512 for p in prompts):
             return httpx.Response(400, json={"error": {"message": "prompt too long"}})
-        self.completions[url] += 1
-        self.prompts.append(prompt)
-        self.items_seen[url].add(tuple(prompt[:20]))
-        top = {f"token_id:{t}": fake_logprob(prompt, t) for t in body["logprob_token_ids"]}
+        self.requests[url] += 1
+        self.batch_sizes.append(len(prompts))
+        choices = []
+        for index, prompt in enumerate(prompts):
+            self.completions[url] += 1
+            self.prompts.append(prompt)
+            self.items_seen[url].add(tuple(prompt[:20]))
+            top = {f"token_id:{t}": fake_logprob(prompt, t) for t in body["logprob_token_ids"]}
+            choices.append({"index": index, "logprobs": {"top_logprobs": [top]}})
+        cached = 16 * len(prompts)
         return httpx.Response(
             200,
             json={
-                "choices": [{"index": 0, "logprobs": {"top_logprobs": [top]}}],
-                "usage": {"prompt_tokens": len(prompt), "prompt_tokens_details": {"cached_tokens": 16}},
+                "choices": choices[::-1],  # any order: `index` says which prompt
+                "usage": {
+                    "prompt_tokens": sum(map(len, prompts)),
+                    "prompt_tokens_details": {"cached_tokens": cached},
+                },
             },
         )
 
@@ -138,6 +150,48 @@ async def test_an_items_questions_stay_on_one_replica_and_items_spread(pool: Any
         assert len(holders) == 1
         assert holders[0] == backend.route(task)[0].url
     assert all(fakes.completions[url] > 30 for url in URLS)  # 360 evaluations, ~120 each
+
+
+async def test_a_batch_is_two_list_prompt_requests_per_replica_first_questions_first(pool: Any) -> None:
+    backend, fakes = pool
+    tasks = item_tasks(30)
+    results = await backend.score_async(tasks)
+    assert_correct(backend, tasks, results)
+    used = [url for url in URLS if fakes.completions[url]]
+    assert all(fakes.requests[url] == 2 for url in used)  # 90 evaluations, 2 requests per replica
+    # The first wave holds only first questions, so the second finds every prefix cached.
+    first_wave = {task.sequences[0] for task in tasks}
+    assert {tuple(p) for p in fakes.prompts[: len(tasks)]} == first_wave
+
+
+async def test_other_label_sets_and_large_batches_are_separate_requests(pool: Any) -> None:
+    backend, fakes = pool
+    backend.options.max_batch_prompts = 4
+    verdict = ((10,), (11,), (12,))
+    tasks = [
+        ScoringTask(t.sequences, t.prefix_len, verdict if i % 2 else None)
+        for i, t in enumerate(item_tasks(6))
+    ]
+    results = await backend.score_async(tasks)
+    assert_correct(backend, tasks[0::2], results[0::2])
+    for task, result in zip(tasks[1::2], results[1::2]):
+        for sequence, label in zip(task.sequences, result.scores, strict=True):
+            assert label.logps == pytest.approx([fake_logprob(list(sequence), t) for t in (10, 11, 12)])
+    assert sum(fakes.completions.values()) == 18
+    assert max(fakes.batch_sizes) <= 4
+    assert len(fakes.batch_sizes) >= 4  # two label sets, two waves each
+
+
+def test_cache_hits_are_shared_out_exactly_in_proportion() -> None:
+    assert share_out(10, [(0, 1), (1, 1), (2, 1)]) in (
+        {0: 4, 1: 3, 2: 3},
+        {0: 3, 1: 4, 2: 3},
+        {0: 3, 1: 3, 2: 4},
+    )
+    assert sum(share_out(10, [(0, 1), (1, 1), (2, 1)]).values()) == 10
+    assert share_out(48, [(0, 22), (0, 22), (1, 44)]) == {0: 24, 1: 24}
+    assert share_out(0, [(0, 5)]) == {0: 0}
+    assert share_out(7, [(0, 0)]) == {0: 0}
 
 
 async def test_a_refusing_replica_is_taken_out_and_its_work_retried(pool: Any) -> None:

@@ -3,10 +3,16 @@
 Judges' generation is one `POST {url}/v1/completions` per prompt with `n` samples (the
 server batches decoding continuously).
 
-Each evaluation is one `POST {url}/v1/completions` with the evaluation's token ids as
-`prompt`, `max_tokens=1` and `logprob_token_ids` = the Yes/No label ids, which vLLM
-(>= 0.32) answers with exactly those tokens' full-vocabulary log-probs. Token ids, not
-text, so the server scores the very tokens the transformers backend would.
+Scoring sends each flushed batch to a replica as list-prompt `POST {url}/v1/completions`
+requests (token ids, `max_tokens=1`, `logprob_token_ids` = the label ids, which vLLM
+>= 0.32 answers with exactly those tokens' full-vocabulary log-probs), in two waves:
+first every item's first question, then all its other questions. A batched request is
+scheduled before any of its prompts is cached, so the first wave computes each item's
+shared prefix once and the second finds it in the server's prefix cache. Per-evaluation
+requests cost the server ~0.15 s each on a small CPU machine (measured in
+`bench/bench_grpo_peers.py`), so two requests per batch instead of one per evaluation is
+most of the gain. Token ids, not text, so the server scores the very tokens the
+transformers backend would.
 
 Routing: all questions of an item go to one replica, chosen by rendezvous hashing of the
 item's shared prefix over the healthy replicas, so that replica's prefix cache holds the
@@ -234,7 +240,7 @@ class RemoteBackend(EventLoopState):
         return sorted(self.replicas, key=weight, reverse=True)
 
     async def score_async(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
-        return list(await asyncio.gather(*(self._on_a_replica(task, self._score_task) for task in tasks)))
+        return await self._in_groups(tasks, self._score_group)
 
     async def generate_async(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
         return list(await asyncio.gather(*(self._on_a_replica(task, self._generate) for task in tasks)))
@@ -252,12 +258,65 @@ class RemoteBackend(EventLoopState):
                 errors.append(f"{replica.url}: {exc}")
         raise ReplicaError("no remote replica could do the work: " + ("; ".join(errors) or "none is up"))
 
-    async def _score_task(self, replica: Replica, task: ScoringTask) -> TaskResult:
-        labels = task.labels_or(self.labels)
-        scored = await asyncio.gather(*(self._complete(replica, s, labels) for s in task.sequences))
-        return TaskResult(
-            scores=tuple(label for label, _ in scored), cached_prompt_tokens=sum(c for _, c in scored)
-        )
+    async def _in_groups(self, tasks: Sequence[ScoringTask], run: Any) -> list[Any]:
+        """`run(replica, tasks)` once per replica, on the tasks it comes first for; a group
+        whose replica fails moves on to each of its tasks' next replica in route order."""
+        results: list[Any] = [None] * len(tasks)
+        pending, failed, errors = list(range(len(tasks))), set[str](), list[str]()
+        while pending:
+            groups: dict[str, tuple[Replica, list[int]]] = {}
+            for i in pending:
+                replica = next((r for r in self.route(tasks[i]) if r.up and r.url not in failed), None)
+                if replica is None:
+                    raise ReplicaError(
+                        "no remote replica could do the work: " + ("; ".join(errors) or "none is up")
+                    )
+                groups.setdefault(replica.url, (replica, []))[1].append(i)
+            outcomes = await asyncio.gather(
+                *(run(replica, [tasks[i] for i in group]) for replica, group in groups.values()),
+                return_exceptions=True,
+            )
+            pending = []
+            for (replica, group), outcome in zip(groups.values(), outcomes, strict=True):
+                if isinstance(outcome, ReplicaError):
+                    self._take_out(replica, str(outcome))
+                    failed.add(replica.url)
+                    errors.append(f"{replica.url}: {outcome}")
+                    pending += group
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    for i, result in zip(group, outcome, strict=True):
+                        results[i] = result
+        return results
+
+    async def _score_group(self, replica: Replica, tasks: list[ScoringTask]) -> list[TaskResult]:
+        """Every item's first question, then the rest (which find the item's prefix cached)."""
+        first = [(t, 0, task.sequences[0]) for t, task in enumerate(tasks)]
+        rest = [(t, k, s) for t, task in enumerate(tasks) for k, s in enumerate(task.sequences) if k]
+        scores: dict[tuple[int, int], LabelLogprobs] = {}
+        cached = [0] * len(tasks)
+        for wave in (first, rest):
+            by_labels: dict[tuple[tuple[int, ...], ...], list[tuple[int, int, tuple[int, ...]]]] = {}
+            for entry in wave:
+                by_labels.setdefault(tasks[entry[0]].labels_or(self.labels), []).append(entry)
+            requests = [
+                (labels, entries[at : at + self.options.max_batch_prompts])
+                for labels, entries in by_labels.items()
+                for at in range(0, len(entries), self.options.max_batch_prompts)
+            ]
+            answers = await asyncio.gather(
+                *(self._complete(replica, [s for _, _, s in part], labels) for labels, part in requests)
+            )
+            for (_, part), (labelled, cache_hits) in zip(requests, answers, strict=True):
+                for (t, k, _), label in zip(part, labelled, strict=True):
+                    scores[t, k] = label
+                for t, share in share_out(cache_hits, [(t, len(s)) for t, _, s in part]).items():
+                    cached[t] += share
+        return [
+            TaskResult(tuple(scores[t, k] for k in range(task.evaluations)), cached[t])
+            for t, task in enumerate(tasks)
+        ]
 
     async def _post(self, replica: Replica, body: dict[str, Any]) -> Any:
         """POST /v1/completions; ReplicaError when another replica may do better."""
@@ -306,12 +365,13 @@ class RemoteBackend(EventLoopState):
         return GenerationResult(samples=tuple(samples))
 
     async def _complete(
-        self, replica: Replica, sequence: Sequence[int], labels: tuple[tuple[int, ...], ...]
-    ) -> tuple[LabelLogprobs, int]:
+        self, replica: Replica, prompts: list[tuple[int, ...]], labels: tuple[tuple[int, ...], ...]
+    ) -> tuple[list[LabelLogprobs], int]:
+        """The labels' log-probs after each prompt (one request), and the server's cache hits."""
         label_ids = flat_label_ids(labels)
         body = {
             "model": replica.model,
-            "prompt": list(sequence),
+            "prompt": [list(p) for p in prompts],
             "max_tokens": 1,
             "temperature": 0.0,
             "logprobs": len(label_ids),
@@ -319,13 +379,37 @@ class RemoteBackend(EventLoopState):
             "return_tokens_as_token_ids": True,  # keys "token_id:N", unambiguous
         }
         result = await self._post(replica, body)
-        step = result["choices"][0]["logprobs"]["top_logprobs"][0]
-        logps = {int(key.removeprefix("token_id:")): value for key, value in step.items()}
-        missing = [i for i in label_ids if i not in logps]
-        if missing:
-            raise ValueError(
-                f"{replica.url} returned no log-probs for label ids {missing}; it needs vLLM >= 0.32"
-            )
+        choices = sorted(result["choices"], key=lambda c: c["index"])
+        if len(choices) != len(prompts):
+            raise ValueError(f"{replica.url} returned {len(choices)} choices for {len(prompts)} prompts")
+        labelled = []
+        for choice in choices:
+            step = choice["logprobs"]["top_logprobs"][0]
+            logps = {int(key.removeprefix("token_id:")): value for key, value in step.items()}
+            missing = [i for i in label_ids if i not in logps]
+            if missing:
+                raise ValueError(
+                    f"{replica.url} returned no log-probs for label ids {missing}; it needs vLLM >= 0.32"
+                )
+            labelled.append(LabelLogprobs(tuple(logsumexp([logps[i] for i in ids]) for ids in labels)))
         details = result.get("usage", {}).get("prompt_tokens_details") or {}
-        label = LabelLogprobs(tuple(logsumexp([logps[i] for i in ids]) for ids in labels))
-        return label, int(details.get("cached_tokens") or 0)
+        return labelled, int(details.get("cached_tokens") or 0)
+
+
+def share_out(total: int, weights: list[tuple[int, int]]) -> dict[int, int]:
+    """`total` split over the keys in proportion to their weights, in whole units that add
+    up to `total` exactly (largest remainders). A server reports one cache-hit count per
+    request, and a request carries several tasks: the per-task split is proportional to
+    their prompt tokens, the sum is the server's own count."""
+    summed: dict[int, int] = {}
+    for key, weight in weights:
+        summed[key] = summed.get(key, 0) + weight
+    whole = sum(summed.values())
+    if whole == 0:
+        return dict.fromkeys(summed, 0)
+    exact = {key: total * weight / whole for key, weight in summed.items()}
+    shares = {key: int(value) for key, value in exact.items()}
+    left = total - sum(shares.values())
+    for key in sorted(exact, key=lambda k: shares[k] - exact[k])[:left]:
+        shares[key] += 1
+    return shares
