@@ -123,18 +123,7 @@ class RemoteBackend(EventLoopState):
                 limits=httpx.Limits(max_connections=(self.options.max_concurrency + 2) * len(self.replicas)),
                 transport=self._transport,
             )
-            await asyncio.gather(*(self._check(replica) for replica in self.replicas))
-            mismatched = [r for r in self.replicas if r.rejected]
-            if mismatched:
-                raise ValueError(
-                    "; ".join(f"{r.url}: {r.problem}" for r in mismatched)
-                    + f" (evaluator {self.config.name!r}: `model` must be the servers' model or tokenizer)"
-                )
-            if not any(r.up for r in self.replicas):
-                raise ValueError(
-                    f"evaluator {self.config.name!r}: no remote replica answered: "
-                    + "; ".join(f"{r.url}: {r.problem}" for r in self.replicas)
-                )
+            await self._wait_for_a_replica()
         except Exception as exc:
             self._status = f"failed to load: {exc}"
             raise
@@ -147,6 +136,29 @@ class RemoteBackend(EventLoopState):
             sum(r.up for r in self.replicas),
             len(self.replicas),
         )
+
+    async def _wait_for_a_replica(self) -> None:
+        """Check every replica until one is up, backing off 0.5 s, 1 s, ... up to
+        `health_interval_s`: replicas (or the router) that start after the service, as on a
+        first deploy, are waited for, never "failed to load" forever. A replica serving
+        another tokenizer cannot heal: that raises at once."""
+        delay = 0.5
+        while True:
+            await asyncio.gather(*(self._check(replica) for replica in self.replicas))
+            mismatched = [r for r in self.replicas if r.rejected]
+            if mismatched:
+                raise ValueError(
+                    "; ".join(f"{r.url}: {r.problem}" for r in mismatched)
+                    + f" (evaluator {self.config.name!r}: `model` must be the servers' model or tokenizer)"
+                )
+            if any(r.up for r in self.replicas):
+                return
+            self._status = "loading: waiting for a remote replica: " + "; ".join(
+                f"{r.url}: {r.problem}" for r in self.replicas
+            )
+            log.warning("evaluator %r: %s; next check in %.1f s", self.config.name, self._status, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.options.health_interval_s)
 
     def _update_max_model_len(self) -> None:
         limits = [r.max_model_len for r in self.replicas if r.max_model_len]
@@ -311,8 +323,11 @@ class RemoteBackend(EventLoopState):
             for (_, part), (labelled, cache_hits) in zip(requests, answers, strict=True):
                 for (t, k, _), label in zip(part, labelled, strict=True):
                     scores[t, k] = label
-                for t, share in share_out(cache_hits, [(t, len(s)) for t, _, s in part]).items():
-                    cached[t] += share
+                # vLLM (0.32) reports the cache hits of a list-prompt request's *last* prompt
+                # only (serving.py: `last_final_res.num_cached_tokens`): they are that
+                # prompt's task's; the others' hits are not reported, so on this backend
+                # `cached_prompt_tokens` is a lower bound.
+                cached[part[-1][0]] += cache_hits
         return [
             TaskResult(tuple(scores[t, k] for k in range(task.evaluations)), cached[t])
             for t, task in enumerate(tasks)
@@ -394,22 +409,3 @@ class RemoteBackend(EventLoopState):
             labelled.append(LabelLogprobs(tuple(logsumexp([logps[i] for i in ids]) for ids in labels)))
         details = result.get("usage", {}).get("prompt_tokens_details") or {}
         return labelled, int(details.get("cached_tokens") or 0)
-
-
-def share_out(total: int, weights: list[tuple[int, int]]) -> dict[int, int]:
-    """`total` split over the keys in proportion to their weights, in whole units that add
-    up to `total` exactly (largest remainders). A server reports one cache-hit count per
-    request, and a request carries several tasks: the per-task split is proportional to
-    their prompt tokens, the sum is the server's own count."""
-    summed: dict[int, int] = {}
-    for key, weight in weights:
-        summed[key] = summed.get(key, 0) + weight
-    whole = sum(summed.values())
-    if whole == 0:
-        return dict.fromkeys(summed, 0)
-    exact = {key: total * weight / whole for key, weight in summed.items()}
-    shares = {key: int(value) for key, value in exact.items()}
-    left = total - sum(shares.values())
-    for key in sorted(exact, key=lambda k: shares[k] - exact[k])[:left]:
-        shares[key] += 1
-    return shares
