@@ -72,6 +72,14 @@ class NotReady(ServiceError):
     retry_after_s = 5.0
 
 
+class EvaluatorBroken(ServiceError):
+    """An evaluator that failed to load: retrying cannot help until its config is fixed."""
+
+    status_code = 503
+    code = "evaluator_unavailable"
+    retryable = False
+
+
 class ServiceStopping(ServiceError):
     status_code = 503
     code = "shutting_down"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from rlme.service.backends.base import Backend, build_task, score_now
 from rlme.service.batcher import Batcher
+from rlme.service.errors import EvaluatorBroken, NotReady, ServiceError
 from rlme.service.metrics import Metrics
 from rlme.service.prompting import SAMPLE_ITEM, SAMPLE_QUESTION
 from rlme.service.settings import EvaluatorConfig
@@ -49,10 +51,18 @@ class Evaluator:
         self._reload_lock = asyncio.Lock()
         concurrency = config.batching.max_concurrent_batches or DEFAULT_CONCURRENCY[config.backend]
         self.batcher = Batcher(
-            config.name, backend, config.batching, on_batch=self._observe, concurrency=concurrency
+            config.name,
+            backend,
+            config.batching,
+            on_batch=self._observe,
+            concurrency=concurrency,
+            on_wait=metrics.queue_wait.labels(config.name).observe,
         )
         self._metrics = metrics
         metrics.queue_depth.labels(config.name).set_function(lambda: self.batcher.queued_evaluations)
+        metrics.evaluator_up.labels(config.name).set_function(
+            lambda: float(self.loaded and self.status() == "ok")
+        )
         self._watch_replicas()
 
     @property
@@ -118,6 +128,18 @@ class Evaluator:
         # Once loaded, the engine's own view: a dead vLLM engine or a pool with no replica up.
         return self.backend.health()
 
+    def unavailable(self) -> ServiceError:
+        """The error for a request to this evaluator while it is not loaded: 503 retryable
+        while it loads (a remote pool waiting for its servers included), 503 not retryable
+        once it failed: a wrong model folder does not heal by retrying."""
+        status = self.status()
+        if status.startswith("loading"):
+            return NotReady(f"evaluator {self.name!r} is {status}")
+        return EvaluatorBroken(
+            f"evaluator {self.name!r} is not usable: {status}. Fix its configuration and restart the "
+            f"service or reload it (POST /admin/evaluators/{self.name}/reload)"
+        )
+
 
 async def check_labels(config: EvaluatorConfig, backend: Backend) -> float:
     """P(yes labels) + P(no labels) after a sample evaluation; warns, with the fix, when low.
@@ -174,12 +196,19 @@ class EvaluatorPool:
         return self.evaluators.get(name)
 
     async def load_all(self) -> None:
-        # One at a time: loading two models at once only fights for the same cores.
-        for evaluator in self.evaluators.values():
-            try:
+        # Local models one at a time: loading two at once only fights for the same cores.
+        # Remote pools beside them: they may wait for their servers for a long time.
+        async def load(evaluator: Evaluator) -> None:
+            with contextlib.suppress(Exception):  # reported through /health; the others still load
                 await evaluator.load()
-            except Exception:  # reported through /health; the others still load
-                continue
+
+        async def local() -> None:
+            for evaluator in self.evaluators.values():
+                if evaluator.config.backend != "remote":
+                    await load(evaluator)
+
+        remote = [load(e) for e in self.evaluators.values() if e.config.backend == "remote"]
+        await asyncio.gather(local(), *remote)
 
     @property
     def ready(self) -> bool:

@@ -46,7 +46,7 @@ from rlme.service.backends.base import (
     ScoringTask,
     TaskResult,
 )
-from rlme.service.errors import DeadlineExceeded, InvalidRequest, NotReady, PayloadTooLarge, ServiceError
+from rlme.service.errors import DeadlineExceeded, InvalidRequest, PayloadTooLarge, ServiceError
 from rlme.service.evaluators import Evaluator, EvaluatorPool
 from rlme.service.judges import (
     ADDITIVE_5,
@@ -160,7 +160,7 @@ class JudgeService:
         if evaluator is None:
             raise InvalidRequest(f"unknown evaluator {name!r}; available: {sorted(self.pool.evaluators)}")
         if not evaluator.loaded:
-            raise NotReady(f"evaluator {name!r} is {evaluator.status()}")
+            raise evaluator.unavailable()
         return evaluator
 
     def _check_texts(self, texts: dict[str, str | None]) -> None:
@@ -199,7 +199,7 @@ class JudgeService:
                     f"evaluator {evaluator.name!r} holds {evaluator.backend.max_model_len}: shorten the texts"
                 )
         evaluations = 2 * judge.samples * len(prompts)  # a generation and a verdict read per sample
-        self.tenants.admit(tenant, evaluations)
+        await self.tenants.admit(tenant, evaluations)
         self.tenants.enqueued(tenant, evaluations)
         try:
             asked = await self._generate_and_read(judge, prompts, tenant)

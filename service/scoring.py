@@ -26,7 +26,6 @@ from rlme.service.backends.base import ScoringTask, TaskResult, build_task
 from rlme.service.errors import (
     EvaluatorFailed,
     InvalidRequest,
-    NotReady,
     PayloadTooLarge,
     ServiceError,
 )
@@ -96,7 +95,7 @@ class RewardScorer:
                     f"{sorted(self.pool.evaluators)} (GET /v1/evaluators)"
                 )
             if not evaluator.loaded:
-                raise NotReady(f"evaluator {choice.name!r} is {evaluator.status()}")
+                raise evaluator.unavailable()
             chosen.append((evaluator, choice.weight))
         return chosen
 
@@ -137,7 +136,7 @@ class RewardScorer:
     async def score(self, request: RewardRequest, tenant: str = "anonymous") -> RewardResponse:
         plan = self.plan(request)
         evaluations = len(request.items) * len(plan.questions) * len(plan.evaluators)
-        self.tenants.admit(tenant, evaluations)
+        await self.tenants.admit(tenant, evaluations)
         self.tenants.enqueued(tenant, evaluations)
         queued = self.metrics.tenant_queued.labels(tenant)
         queued.inc(evaluations)

@@ -25,10 +25,13 @@ async def test_health_is_503_while_loading_then_200() -> None:
             "/v1/rewards", json={"items": [{"prompt": "p", "response": "r"}], "rubric": "polite"}
         )
         assert early.status_code == 503 and early.json()["error"]["retryable"] is True
+        assert (await c.get("/health/live")).status_code == 200  # alive while loading
+        assert (await c.get("/health/ready")).status_code == 503
         await app.state.loading
-        ready = await c.get("/health")
-        assert ready.status_code == 200
-        assert ready.json() == {"status": "ok", "evaluators": {"default": "ok"}}
+        for path in ("/health", "/health/ready"):
+            ready = await c.get(path)
+            assert ready.status_code == 200
+            assert ready.json() == {"status": "ok", "evaluators": {"default": "ok"}}
 
 
 async def test_health_reports_an_evaluator_that_failed_to_load(tmp_path: object) -> None:
@@ -43,6 +46,16 @@ async def test_health_reports_an_evaluator_that_failed_to_load(tmp_path: object)
         health = await c.get("/health")
         assert health.status_code == 503
         assert health.json()["status"] == "error"
+        # A folder that is not there does not appear by retrying: say so, and what to do.
+        asked = await c.post(
+            "/v1/rewards",
+            json={"items": [{"prompt": "p", "response": "r"}], "questions": [{"id": "q", "text": "Ok?"}]},
+        )
+        assert asked.status_code == 503
+        error = asked.json()["error"]
+        assert error["retryable"] is False and "retry-after" not in asked.headers
+        assert "/no/such/model" in error["message"] and "reload" in error["message"]
+        assert (await c.get("/health/live")).status_code == 200
         assert "neither 'embedded'" in health.json()["evaluators"]["broken"]
 
 

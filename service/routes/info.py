@@ -11,15 +11,25 @@ from rlme.service.deps import MetricsDep, PoolDep, SettingsDep
 router = APIRouter()
 
 
+@router.get("/health/live", tags=["ops"])
+async def live() -> dict[str, str]:
+    """Liveness: 200 while the process serves HTTP, whatever its evaluators do. A probe that
+    restarts the pod belongs here; restarting cannot fix an evaluator still loading."""
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", tags=["ops"], responses={503: {"model": Health}})
 @router.get("/health", tags=["ops"], responses={503: {"model": Health}})
 async def health(pool: PoolDep, response: Response) -> Health:
-    """200 once every evaluator is loaded; 503 while loading or if one failed to load."""
+    """Readiness: 200 once every evaluator is loaded and usable; 503 while one loads (a
+    remote pool waiting for its servers included: status 'loading') or if one failed
+    (status 'error'). `/health` is the same as `/health/ready`."""
     statuses = {name: e.status() for name, e in pool.evaluators.items()}
     if pool.ready and all(status == "ok" for status in statuses.values()):
         return Health(status="ok", evaluators=statuses)
     response.status_code = 503
     response.headers["Retry-After"] = "5"
-    failed = any(s not in ("ok", "loading") for s in statuses.values())
+    failed = any(s != "ok" and not s.startswith("loading") for s in statuses.values())
     return Health(status="error" if failed else "loading", evaluators=statuses)
 
 
