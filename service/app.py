@@ -28,7 +28,7 @@ natural-language meta-questions (RLME): `reward = sum_j sum_k v_j w_k log p_yes_
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.load()
-    metrics = Metrics()
+    metrics = Metrics(settings.limits.request_timeout_s)
     # Built here so a bad evaluator config fails at start-up with its ValueError.
     pool = EvaluatorPool(settings.evaluators, settings.cache_dir, metrics)
 
@@ -44,13 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await pool.stop()
+            await tenants.rates.aclose()
 
     app = FastAPI(title="rlme", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pool = pool
     app.state.keyring = KeyRing(settings)
-    tenants = Tenants(settings)
+    tenants = Tenants(settings, on_store_error=metrics.quota_store_errors.inc)
     app.state.scorer = RewardScorer(settings, pool, metrics, tenants)
     app.state.judge = JudgeService(settings, pool, metrics, tenants)
     install_error_handlers(app)

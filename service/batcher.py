@@ -62,11 +62,13 @@ class Batcher:
         config: BatchingConfig,
         on_batch: BatchObserver | None = None,
         concurrency: int = 1,
+        on_wait: Callable[[float], None] | None = None,  # seconds each task waited for its batch
     ) -> None:
         self.name = name
         self.backend = backend  # swapped by a reload; each batch keeps the one it started on
         self.config = config
         self.on_batch = on_batch
+        self.on_wait = on_wait
         self._queue: FairQueue[Pending] = FairQueue()
         self._carry: Pending | None = None  # took from the queue, did not fit the last batch
         self.queued_evaluations = 0
@@ -170,6 +172,8 @@ class Batcher:
                     pending.future.set_exception(DeadlineExceeded(now - pending.enqueued_at))
                     continue
                 live.append(pending)
+                if self.on_wait is not None:
+                    self.on_wait(now - pending.enqueued_at)
             if not live:
                 self._slots.release()
                 continue

@@ -2,21 +2,64 @@
 
 from __future__ import annotations
 
+import platform
+from importlib import metadata
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_SHORT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+def latency_buckets(request_timeout_s: float) -> tuple[float, ...]:
+    """The short buckets, then doubling up to the request timeout: a request that waited
+    its whole deadline lands in a bucket of its own, not in +Inf."""
+    buckets = [b for b in _SHORT_BUCKETS if b < request_timeout_s] or [request_timeout_s / 2]
+    while buckets[-1] * 2 < request_timeout_s:
+        buckets.append(buckets[-1] * 2)
+    return (*buckets, request_timeout_s)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, request_timeout_s: float = 300.0) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # What prometheus_client's default registry has: process (CPU, memory, fds),
+        # platform (Python version) and GC collectors.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        latency = latency_buckets(request_timeout_s)
+        try:
+            version = metadata.version("rlme")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        self.build_info = Gauge(
+            "rlme_build_info", "1, labelled with the running version.", ["version", "python"], registry=r
+        )
+        self.build_info.labels(version, platform.python_version()).set(1)
         self.request_latency = Histogram(
             "rlme_request_latency_seconds",
             "HTTP request latency.",
             ["route", "status"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=latency,
+            registry=r,
+        )
+        self.in_flight = Gauge("rlme_requests_in_flight", "HTTP requests being served.", registry=r)
+        self.queue_wait = Histogram(
+            "rlme_queue_wait_seconds",
+            "Time a task waited in the batcher's queue before its batch started.",
+            ["evaluator"],
+            buckets=latency,
+            registry=r,
+        )
+        self.evaluator_up = Gauge(
+            "rlme_evaluator_up",
+            "1 while the evaluator is loaded and healthy, else 0.",
+            ["evaluator"],
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -33,7 +76,7 @@ class Metrics:
             "rlme_batch_seconds",
             "Engine time per batch.",
             ["evaluator"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=latency,
             registry=r,
         )
         self.evaluations = Counter(
@@ -65,7 +108,7 @@ class Metrics:
             "rlme_judgment_seconds",
             "Wall time of a judge request divided by the judgments it wrote.",
             ["evaluator", "route"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=latency,
             registry=r,
         )
         self.reloads = Counter(
@@ -75,6 +118,11 @@ class Metrics:
             "rlme_remote_replica_up",
             "1 while a remote evaluator server is in the pool, 0 while it is out (failed or refused).",
             ["evaluator", "replica"],
+            registry=r,
+        )
+        self.quota_store_errors = Counter(
+            "rlme_quota_store_errors",
+            "Quota checks that could not reach the shared store (the request was admitted unchecked).",
             registry=r,
         )
         self.rejected = Counter(
@@ -100,6 +148,6 @@ class Metrics:
             "rlme_tenant_request_latency_seconds",
             "Latency of reward requests per tenant.",
             ["tenant"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=latency,
             registry=r,
         )

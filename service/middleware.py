@@ -68,12 +68,14 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode())]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive_limited, send_with_id)
         except _BodyTooLarge:
             status = 413
             await _reject_too_large(send, request_id, limit)
         finally:
+            self.metrics.in_flight.dec()
             route = _route_of(scope)
             elapsed = time.perf_counter() - started
             self.metrics.request_latency.labels(route, str(status)).observe(elapsed)
