@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +25,7 @@ from rlme.service.errors import Forbidden, Unauthorized
 from rlme.service.settings import ApiKeyConfig, Settings
 
 KEY_PREFIX = "rlme-"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,17 +46,44 @@ def hash_key(key: str) -> str:
 
 
 class KeyRing:
+    """The configured keys, plus `auth.keys_file`, which is re-read when it changes (checked
+    at most once per `RELOAD_CHECK_S`): adding or revoking a key needs no restart, and a
+    Kubernetes Secret update reaches every replica. A file that became unreadable or
+    invalid keeps the last good keys and logs why."""
+
+    RELOAD_CHECK_S = 1.0
+
     def __init__(self, settings: Settings) -> None:
-        keys = list(settings.auth.keys)
-        if settings.auth.keys_file is not None:
-            keys += load_keys_file(settings.auth.keys_file)
-        self.keys = keys
+        self._inline = list(settings.auth.keys)
+        self._file = settings.auth.keys_file
+        self._file_stamp: tuple[int, int] | None = None
+        self._checked = 0.0
+        self.keys = list(self._inline)
+        if self._file is not None:
+            self._file_stamp = _stamp(self._file)
+            self.keys += load_keys_file(self._file)  # at start-up a bad file is an error
         self.allow_anonymous = settings.auth.allow_anonymous
         self.anonymous_tenant = settings.auth.anonymous_tenant
         admin = settings.auth.anonymous_admin
         self.anonymous_admin = _is_loopback(settings.host) if admin is None else admin
 
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        if self._file is None or now - self._checked < self.RELOAD_CHECK_S:
+            return
+        self._checked = now
+        try:
+            stamp = _stamp(self._file)
+            if stamp == self._file_stamp:
+                return
+            self.keys = self._inline + load_keys_file(self._file)
+            self._file_stamp = stamp
+            log.info("auth.keys_file %s reloaded: %d keys", self._file, len(self.keys))
+        except (OSError, ValueError) as exc:
+            log.error("auth.keys_file %s could not be reloaded, keeping the last keys: %s", self._file, exc)
+
     def authenticate(self, key: str | None) -> Principal:
+        self._reload_if_changed()
         if not key:
             if self.allow_anonymous:
                 return Principal(self.anonymous_tenant, self.anonymous_admin, anonymous=True)
@@ -73,6 +103,11 @@ def load_keys_file(path: Path) -> list[ApiKeyConfig]:
         raise ValueError(f"auth.keys_file {path} does not exist")
     entries = yaml.safe_load(path.read_text()) or []
     return TypeAdapter(list[ApiKeyConfig]).validate_python(entries)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
 
 
 def _is_loopback(host: str) -> bool:

@@ -153,6 +153,16 @@ class TenantConfig(_Strict):
     max_queued_evaluations: int | None = Field(None, ge=1, description="Queued at once; None = unlimited.")
 
 
+class RateStoreConfig(_Strict):
+    """Where tenants' evaluations/s buckets live (service/rate_store.py)."""
+
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: this process (one replica); redis: shared by every replica."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="For backend redis.")
+    key_prefix: str = Field("rlme:rate:", description="Redis keys are this + the tenant name.")
+
+
 class ApiKeyConfig(_Strict):
     tenant: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key (`rlme keys new`).")
@@ -196,6 +206,9 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    rate_store: RateStoreConfig = Field(
+        default_factory=RateStoreConfig, description="Where evaluations/s quotas are counted."
+    )
     default_tenant: TenantConfig = Field(
         default_factory=TenantConfig, description="Limits of tenants not listed in `tenants`."
     )

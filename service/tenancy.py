@@ -1,4 +1,6 @@
-"""Per-tenant quotas: a token bucket of evaluations per second, and a cap on queued work.
+"""Per-tenant quotas: a token bucket of evaluations per second (in this process or in
+Redis, shared by all replicas: service/rate_store.py), and a cap on queued work (per
+replica).
 
 Checked when a request is admitted, before any of its work is queued, so a rejected
 request costs the evaluator nothing. Over a limit → 429 with the time until the bucket
@@ -7,38 +9,19 @@ holds enough for this request.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from rlme.service.errors import InvalidRequest, Overloaded
+from rlme.service.rate_store import rate_store
 from rlme.service.settings import Settings, TenantConfig
 
 
-@dataclass
-class TokenBucket:
-    rate: float  # evaluations per second
-    capacity: float
-    level: float = field(init=False)
-    updated: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        self.level = self.capacity
-
-    def take(self, amount: float, now: float) -> float:
-        """Take `amount` and return 0, or take nothing and return seconds until possible."""
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-        self.updated = now
-        if amount <= self.level:
-            self.level -= amount
-            return 0.0
-        return (amount - self.level) / self.rate
-
-
 class Tenants:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_store_error: Callable[[], None] | None = None) -> None:
         self._configs = settings.tenants
         self._default = settings.default_tenant
-        self._buckets: dict[str, TokenBucket] = {}
+        self.rates = rate_store(settings.rate_store)
+        self._on_store_error = on_store_error
         self.queued: dict[str, int] = {}
 
     def config(self, tenant: str) -> TenantConfig:
@@ -47,7 +30,7 @@ class Tenants:
     def weight(self, tenant: str) -> float:
         return self.config(tenant).weight
 
-    def admit(self, tenant: str, evaluations: int) -> None:
+    async def admit(self, tenant: str, evaluations: int) -> None:
         """Raise Overloaded (429) if `evaluations` more would break the tenant's limits."""
         config = self.config(tenant)
         limit = config.max_queued_evaluations
@@ -62,28 +45,20 @@ class Tenants:
                     f"tenant {tenant!r} has {self.queued.get(tenant, 0)} evaluations queued (limit {limit})",
                     retry_after_s=1.0,
                 )
-        if config.max_evaluations_per_s is not None:
-            bucket = self._bucket(tenant, config)
-            if evaluations > bucket.capacity:
+        rate = config.max_evaluations_per_s
+        if rate is not None:
+            capacity = float(config.burst_evaluations or max(1.0, 10 * rate))
+            if evaluations > capacity:
                 raise InvalidRequest(
                     f"this request needs {evaluations} evaluations; tenant {tenant!r} may burst "
-                    f"at most {int(bucket.capacity)}: send fewer items per request"
+                    f"at most {int(capacity)}: send fewer items per request"
                 )
-            wait = bucket.take(evaluations, time.monotonic())
+            errors = self.rates.errors
+            wait = await self.rates.take(tenant, rate, capacity, evaluations)
+            if self.rates.errors > errors and self._on_store_error is not None:
+                self._on_store_error()
             if wait > 0:
-                raise Overloaded(
-                    f"tenant {tenant!r} is over its {config.max_evaluations_per_s:g} evaluations/s",
-                    retry_after_s=wait,
-                )
-
-    def _bucket(self, tenant: str, config: TenantConfig) -> TokenBucket:
-        bucket = self._buckets.get(tenant)
-        if bucket is None:
-            rate = config.max_evaluations_per_s
-            assert rate is not None
-            capacity = float(config.burst_evaluations or max(1.0, 10 * rate))
-            bucket = self._buckets[tenant] = TokenBucket(rate=rate, capacity=capacity)
-        return bucket
+                raise Overloaded(f"tenant {tenant!r} is over its {rate:g} evaluations/s", retry_after_s=wait)
 
     def enqueued(self, tenant: str, evaluations: int) -> None:
         self.queued[tenant] = self.queued.get(tenant, 0) + evaluations

@@ -95,3 +95,34 @@ async def test_anonymous_is_not_admin_off_localhost() -> None:
     app = create_app(service_settings(host="0.0.0.0"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         assert (await c.post("/admin/evaluators/nope/reload", json={})).status_code == 403
+
+
+async def test_a_changed_keys_file_is_picked_up_without_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    import yaml
+
+    from rlme.service.auth import KeyRing
+
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(yaml.safe_dump([{"tenant": "team-a", "sha256": hash_key(TEAM_KEY)}]))
+    app = create_app(service_settings(auth={"keys_file": str(keys_file), "allow_anonymous": False}))
+    keyring: KeyRing = app.state.keyring
+    keyring.RELOAD_CHECK_S = 0.0  # check on every request here
+    headers_a, headers_b = {"X-API-Key": TEAM_KEY}, {"X-API-Key": REVOKED_KEY}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.post("/v1/rewards", json=BODY, headers=headers_a)).status_code == 503
+        assert (await c.post("/v1/rewards", json=BODY, headers=headers_b)).status_code == 401
+        # team-a revoked, team-b added: both take effect on the next request.
+        entries = [
+            {"tenant": "team-a", "sha256": hash_key(TEAM_KEY), "revoked": True},
+            {"tenant": "team-b", "sha256": hash_key(REVOKED_KEY)},
+        ]
+        keys_file.write_text(yaml.safe_dump(entries))
+        os.utime(keys_file, ns=(1, 10**18))  # a different mtime even within the clock's resolution
+        assert (await c.post("/v1/rewards", json=BODY, headers=headers_a)).status_code == 401
+        assert (await c.post("/v1/rewards", json=BODY, headers=headers_b)).status_code == 503
+        # A broken file keeps the last good keys.
+        keys_file.write_text("- {tenant: team-c, sha256: not-a-hash}\n")
+        os.utime(keys_file, ns=(2, 2 * 10**18))
+        assert (await c.post("/v1/rewards", json=BODY, headers=headers_b)).status_code == 503

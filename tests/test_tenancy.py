@@ -9,7 +9,8 @@ import pytest
 from fastapi import FastAPI
 
 from rlme.service.errors import InvalidRequest, Overloaded
-from rlme.service.tenancy import Tenants, TokenBucket
+from rlme.service.rate_store import TokenBucket
+from rlme.service.tenancy import Tenants
 
 from support import service_settings
 
@@ -25,17 +26,17 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert bucket.take(3, now=1.0) == pytest.approx(1.0)  # has 1, needs 2 more: 1 s
 
 
-def test_queued_limit_and_oversized_requests() -> None:
+async def test_queued_limit_and_oversized_requests() -> None:
     tenants = Tenants(service_settings(tenants={"a": {"max_queued_evaluations": 4}}))
-    tenants.admit("a", 4)
+    await tenants.admit("a", 4)
     tenants.enqueued("a", 4)
     with pytest.raises(Overloaded):
-        tenants.admit("a", 1)
+        await tenants.admit("a", 1)
     tenants.dequeued("a", 4)
-    tenants.admit("a", 1)
+    await tenants.admit("a", 1)
     with pytest.raises(InvalidRequest, match="at most 4"):
-        tenants.admit("a", 5)  # could never fit: not retryable
-    tenants.admit("someone-else", 1000)  # default tenant: unlimited
+        await tenants.admit("a", 5)  # could never fit: not retryable
+    await tenants.admit("someone-else", 1000)  # default tenant: unlimited
 
 
 @pytest.fixture
