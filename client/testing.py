@@ -38,10 +38,16 @@ __all__ = ["FakeRewardService"]
 class FakeRewardService:
     """A `httpx.MockTransport` handler that scores items with a Python function.
 
-    Every score reports `p_yes` (strictly between 0 and 1) for each question and evaluator.
+    Every score reports `p_yes` (strictly between 0 and 1) for each question and evaluator:
+    a number, or a function of the item, where None stands for an evaluator that did not
+    answer yes/no (`low_label_mass`).
     """
 
-    def __init__(self, reward: Callable[[Item], float] = lambda item: 0.0, p_yes: float = 0.5):
+    def __init__(
+        self,
+        reward: Callable[[Item], float] = lambda item: 0.0,
+        p_yes: float | Callable[[Item], float | None] = 0.5,
+    ):
         self.reward = reward
         self.p_yes = p_yes
         self.requests: list[RewardRequest] = []  # every valid POST /v1/rewards body
@@ -85,7 +91,7 @@ class FakeRewardService:
         questions = [(q.id, q.weight) for q in body.questions or []] or [(body.rubric or "", 1.0)]
         evaluators = [(e.name, e.weight) for e in body.evaluators or []] or [("default", 1.0)]
         results = [
-            ItemResult(id=item.id, reward=self.reward(item), scores=self._scores(evaluators, questions))
+            ItemResult(id=item.id, reward=self.reward(item), scores=self._scores(item, evaluators, questions))
             for item in body.items
         ]
         usage = Usage(
@@ -97,18 +103,24 @@ class FakeRewardService:
         return _json(200, answer)
 
     def _scores(
-        self, evaluators: list[tuple[str, float]], questions: list[tuple[str, float]]
+        self, item: Item, evaluators: list[tuple[str, float]], questions: list[tuple[str, float]]
     ) -> list[QuestionScore]:
-        logp_yes, logp_no = math.log(self.p_yes), math.log1p(-self.p_yes)
+        p_yes = self.p_yes(item) if callable(self.p_yes) else self.p_yes
+        low = p_yes is None
+        p_yes = 0.5 if p_yes is None else p_yes
+        mass = 0.001 if low else 1.0
+        logp_yes, logp_no = math.log(p_yes * mass), math.log((1 - p_yes) * mass)
         return [
             QuestionScore(
                 evaluator=evaluator,
                 question=question,
-                p_yes=self.p_yes,
+                p_yes=p_yes,
                 logp_yes=logp_yes,
                 logp_no=logp_no,
                 weight=weight,
                 evaluator_weight=evaluator_weight,
+                label_mass=mass,
+                low_label_mass=low,
             )  # fmt: skip
             for evaluator, evaluator_weight in evaluators
             for question, weight in questions

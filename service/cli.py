@@ -230,6 +230,10 @@ def audit(
     judge_name: Annotated[
         str | None, typer.Option("--judge", help="A pairwise judge; default 'pairwise'.")
     ] = None,
+    evaluator: Annotated[
+        str | None,
+        typer.Option(help="Evaluator the judge runs on (e.g. a trained one); default: the default."),
+    ] = None,
     aligner: Annotated[
         str | None, typer.Option(help="Evaluator that checks the rationale; default: the default.")
     ] = None,
@@ -261,7 +265,15 @@ def audit(
     with RewardClient(base_url=url, timeout=3600) as client:
         client.wait_until_ready(timeout=300)
         report = run_audit(
-            client, data, output, judge_name, aligner, threshold, max_tokens, progress=progress
+            client,
+            data,
+            output,
+            judge_name,
+            aligner,
+            threshold,
+            max_tokens,
+            progress=progress,
+            evaluator=evaluator,
         )
     bar.close()
     numbers = "  ".join(

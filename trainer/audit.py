@@ -151,12 +151,12 @@ def summary(records: Sequence[dict[str, Any]], rounds: int = 1000) -> dict[str, 
 
 
 def judge_rows(
-    client: Any, rows: Sequence[AuditRow], judge: str | None, max_tokens: int
+    client: Any, rows: Sequence[AuditRow], judge: str | None, max_tokens: int, evaluator: str | None = None
 ) -> list[dict[str, Any]]:
     pairs = [
         {"prompt": r.prompt, "response_a": r.response_a, "response_b": r.response_b, "id": r.id} for r in rows
     ]
-    results = client.compare(pairs, judge=judge, max_tokens=max_tokens).results
+    results = client.compare(pairs, judge=judge, max_tokens=max_tokens, evaluator=evaluator).results
     records = []
     for row, result in zip(rows, results, strict=True):
         record: dict[str, Any] = {
@@ -209,9 +209,19 @@ def align(client: Any, records: list[dict[str, Any]], aligner: str | None, thres
 # ---------------------------------------------------------------- the run
 
 
-def fingerprint(data: Path, judge: str | None, aligner: str | None, threshold: float, max_tokens: int) -> str:
+def fingerprint(
+    data: Path,
+    judge: str | None,
+    aligner: str | None,
+    threshold: float,
+    max_tokens: int,
+    evaluator: str | None,
+) -> str:
     h = hashlib.sha256(data.read_bytes())
-    h.update(json.dumps([judge, aligner, threshold, max_tokens]).encode())
+    # Audits of the default evaluator keep the fingerprint they had before `evaluator` existed.
+    h.update(
+        json.dumps([judge, aligner, threshold, max_tokens, *([evaluator] if evaluator else [])]).encode()
+    )
     return h.hexdigest()[:16]
 
 
@@ -225,12 +235,14 @@ def run_audit(
     max_tokens: int = 128,
     chunk: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    evaluator: str | None = None,
 ) -> dict[str, Any]:
-    """Audit `data` into `output`, resuming from `audit.partial.jsonl` if it is there."""
+    """Audit `data` into `output`, resuming from `audit.partial.jsonl` if it is there.
+    `evaluator`: the service evaluator the judge runs on (default: the default one)."""
     rows = read_rows(data)
     output.mkdir(parents=True, exist_ok=True)
     partial = output / "audit.partial.jsonl"
-    key = fingerprint(data, judge, aligner, threshold, max_tokens)
+    key = fingerprint(data, judge, aligner, threshold, max_tokens, evaluator)
     done: dict[int, dict[str, Any]] = {}
     if partial.exists():
         lines = []
@@ -250,7 +262,7 @@ def run_audit(
     todo = [r for r in rows if r.index not in done]
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
-        records = judge_rows(client, part, judge, max_tokens)
+        records = judge_rows(client, part, judge, max_tokens, evaluator)
         for record in records:
             record.setdefault("alignment_p", None)
             record.setdefault("aligned", None)
@@ -264,6 +276,7 @@ def run_audit(
     report = {
         "data": str(data),
         "judge": judge or "pairwise",
+        "evaluator": evaluator or "default",
         "aligner": aligner or "default",
         "threshold": threshold,
         "alignment_question": ALIGNMENT_QUESTION,
@@ -292,7 +305,8 @@ def _fmt(value: float | None, interval: Sequence[float] | None = None) -> str:
 def markdown(report: dict[str, Any]) -> str:
     o = report["overall"]
     lines = [
-        f"# Judge audit: `{report['judge']}` (aligner `{report['aligner']}`)",
+        f"# Judge audit: `{report['judge']}` on `{report.get('evaluator', 'default')}` "
+        f"(aligner `{report['aligner']}`)",
         "",
         f"Data: `{report['data']}`, {o['total']} rows. 95% bootstrap intervals in brackets.",
         "",

@@ -10,7 +10,8 @@ at temperature τ (π_old = the policy at the start of the step). Rewards:
       + w_rlvr · [y passes the rule: e.g. matches the reference answer (trainer/rules.py)]
 
 with (w_rlme, w_rlvr) = (1, 0) for reward "rlme", (0, 1) for "rlvr", the config's weights
-for "mixture". Advantages within each group:
+for "mixture". Reward "r_align" trains the policy as a pairwise judge with a label-gated
+reward instead (trainer/r_align.py). Advantages within each group:
 
     A_{p,i} = r_{p,i} − mean_i(r_{p,·})          optionally / (std_i(r_{p,·}) + 1e-6)
 
@@ -57,6 +58,8 @@ from typing import Any, Literal
 import torch
 
 from rlme.trainer.outputs import plot_rewards, read_jsonl, write_jsonl
+from rlme.trainer.r_align import rewards as r_align_rewards
+from rlme.trainer.r_align import sft_warmup, training_rows
 from rlme.trainer.rules import NEEDS_REFERENCE, RULES
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -102,17 +105,26 @@ class TrainConfig:
     """Divide advantages by the group's reward std + 1e-6 (GRPO); False: only centre them (Dr. GRPO)."""
     kl_coef: float = 0.0
     """β of β·KL(π_θ‖π_ref), k3 estimator, π_ref = the frozen initial policy. 0: off, no reference copy."""
-    reward: Literal["rlme", "rlvr", "mixture"] = "rlme"
+    reward: Literal["rlme", "rlvr", "mixture", "r_align"] = "rlme"
     """'rlme': the service's reward; 'rlvr': 1 if the response passes the `rule`, else 0;
-    'mixture': rlme_weight · rlme + rlvr_weight · rlvr."""
+    'mixture': rlme_weight · rlme + rlvr_weight · rlvr; 'r_align': train a pairwise judge on
+    audit-format `data` with rlvr_weight · c + rlme_weight · c · P(aligned), c = verdict correct
+    (trainer/r_align.py)."""
     rule: str | None = None
     """The rule check (trainer/rules.py): 'reference' (matches the row's reference), 'numbered_list',
     'polite'. RLVR's reward, and logged for every run as `rlvr/accuracy`, the measure that does not
     ask the evaluator. null: the shipped task's own, else 'reference' if every row has one, else none."""
     rlme_weight: float = 1.0
-    """Weight of the service's reward in 'mixture'."""
+    """Weight of the service's reward in 'mixture'; of the alignment term in 'r_align'."""
     rlvr_weight: float = 1.0
-    """Weight of the rule reward in 'mixture'."""
+    """Weight of the rule reward in 'mixture'; of label correctness in 'r_align'."""
+    held_out_every: int = 4
+    """'r_align': rows 0, N, 2N, ... are held out (written to output_dir/held_out.jsonl for the
+    audit); 0: train on every row."""
+    sft_steps: int = 0
+    """'r_align': SFT warm-up steps on the gold judgments before GRPO (`prompts_per_step` rows each)."""
+    sft_lr: float = 1e-5
+    """AdamW learning rate of the SFT warm-up."""
     rubric: str | None = "polite"
     """A rubric on the service (GET /v1/rubrics). Ignored when `questions` are given."""
     questions: list[dict[str, Any]] | None = None
@@ -150,8 +162,8 @@ class TrainConfig:
             raise ValueError(
                 f"algorithm {self.algorithm!r}: this is the GRPO trainer ('meta_rewarding': trainer/dpo.py)"
             )
-        if self.reward not in ("rlme", "rlvr", "mixture"):
-            raise ValueError(f"reward must be 'rlme', 'rlvr' or 'mixture', not {self.reward!r}")
+        if self.reward not in ("rlme", "rlvr", "mixture", "r_align"):
+            raise ValueError(f"reward must be 'rlme', 'rlvr', 'mixture' or 'r_align', not {self.reward!r}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2: advantages compare responses within a group")
         if self.mu < 1 or self.steps < 1 or self.prompts_per_step < 1 or self.micro_batch_size < 1:
@@ -160,7 +172,13 @@ class TrainConfig:
             raise ValueError(f"anchor_fraction must be in [0, 1], not {self.anchor_fraction}")
         if self.rule is not None and self.rule not in RULES:
             raise ValueError(f"rule must be one of {sorted(RULES)}, not {self.rule!r}")
-        if self.reward != "rlvr" and self.rubric is None and not self.questions:
+        if self.reward == "r_align" and self.rule not in (None, "judge_verdict"):
+            raise ValueError(
+                f"the 'r_align' reward checks verdicts with the 'judge_verdict' rule, not {self.rule!r}"
+            )
+        if self.sft_steps and self.reward != "r_align":
+            raise ValueError("sft_steps is the 'r_align' warm-up on gold judgments; other rewards have none")
+        if self.reward in ("rlme", "mixture") and self.rubric is None and not self.questions:
             raise ValueError(f"the {self.reward!r} reward needs a `rubric` or `questions`")
 
 
@@ -193,11 +211,18 @@ def config_from(cls: Any, values: dict[str, Any], source: str) -> Any:
 
 
 def group_advantages(rewards: torch.Tensor, scale_by_std: bool) -> torch.Tensor:
-    """A = r − group mean, optionally / (group std + 1e-6). rewards: (P, G) -> (P, G)."""
-    centred = rewards - rewards.mean(dim=1, keepdim=True)  # (P, G)
+    """A = r − group mean, optionally / (group std + 1e-6). rewards: (P, G) -> (P, G).
+
+    A NaN reward (a check that could not be made) is left out of its group's mean and
+    std, and its advantage is 0: that response is not trained on."""
+    valid = ~rewards.isnan()  # (P, G)
+    count = valid.sum(dim=1, keepdim=True).clamp(min=1)  # (P, 1)
+    filled = rewards.nan_to_num(0.0)
+    centred = (filled - filled.sum(dim=1, keepdim=True) / count) * valid  # (P, G)
     if not scale_by_std:
         return centred
-    return centred / (rewards.std(dim=1, keepdim=True, correction=0) + STD_EPS)
+    std = ((centred**2).sum(dim=1, keepdim=True) / count).sqrt()  # population std over valid
+    return centred / (std + STD_EPS)
 
 
 def cispo_loss(
@@ -251,6 +276,8 @@ def load_rows(data: str) -> list[dict[str, Any]]:
 def resolve_rule(cfg: TrainConfig, rows: list[dict[str, Any]]) -> str | None:
     """The rule responses are checked with (TrainConfig.rule); an error now if it cannot run."""
     has_references = all(r.get("reference") is not None for r in rows)
+    if cfg.reward == "r_align":
+        return "judge_verdict"
     rule = cfg.rule or TASK_RULES.get(cfg.data) or ("reference" if has_references else None)
     if rule in NEEDS_REFERENCE and not has_references:
         raise ValueError(f"the {rule!r} rule needs a 'reference' on every data row")
@@ -281,12 +308,17 @@ class Rollout:
 
 
 @torch.no_grad()
-def sample_groups(model: Any, tokenizer: Any, prompts: list[str], cfg: TrainConfig) -> Rollout:
+def sample_groups(
+    model: Any, tokenizer: Any, prompts: list[str], cfg: TrainConfig, systems: list[str | None] | None = None
+) -> Rollout:
+    """G samples per prompt; a row's `system` text (R-Align's judge prompt) goes first."""
     chats = [
         tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}],
+            tokenize=False,
+            add_generation_prompt=True,
         )
-        for p in prompts
+        for p, system in zip(prompts, systems or [None] * len(prompts), strict=True)
     ]
     enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     sequences = model.generate(
@@ -338,7 +370,8 @@ def micro_batches(batch_size: int, size: int) -> list[slice]:
 
 def reward_weights(cfg: TrainConfig) -> tuple[float, float]:
     """(w_rlme, w_rlvr): the one place the reward mode is interpreted."""
-    return {"rlme": (1.0, 0.0), "rlvr": (0.0, 1.0), "mixture": (cfg.rlme_weight, cfg.rlvr_weight)}[cfg.reward]
+    both = (cfg.rlme_weight, cfg.rlvr_weight)
+    return {"rlme": (1.0, 0.0), "rlvr": (0.0, 1.0), "mixture": both, "r_align": both}[cfg.reward]
 
 
 def meta_questions(client: Any, cfg: TrainConfig) -> list[Any]:
@@ -484,7 +517,11 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
     from rlme.service.model_store import resolve_model
     from rlme.service.settings import Settings
 
-    rows = load_rows(cfg.data)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = (
+        training_rows(cfg.data, cfg.held_out_every, out) if cfg.reward == "r_align" else load_rows(cfg.data)
+    )
     rule = resolve_rule(cfg, rows)
     G = cfg.group_size
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -511,10 +548,11 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
     if owns_client:
         client = RewardClient(base_url=cfg.base_url)
         client.wait_until_ready(timeout=cfg.service_wait_s)
-    questions = meta_questions(client, cfg) if reward_weights(cfg)[0] != 0 else []
+    questions = meta_questions(client, cfg) if cfg.reward in ("rlme", "mixture") and cfg.rlme_weight else []
+    if cfg.sft_steps and start == 1:  # a resumed run is past its warm-up
+        sft = sft_warmup(model, tokenizer, rows, cfg)
+        print(f"SFT warm-up: {len(sft)} steps, loss {sft[0]:.3f} -> {sft[-1]:.3f}")
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     for name in ("metrics.jsonl", "samples.jsonl"):  # a resumed run redoes later steps; a new one all
         write_jsonl(out / name, [r for r in read_jsonl(out / name) if r["step"] < start])
@@ -532,7 +570,8 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
             anchored = [anchored_groups[i // G] and ref is not None for i, ref in enumerate(references)]
 
             t0 = time.perf_counter()
-            rollout = sample_groups(model, tokenizer, [r["prompt"] for r in batch], cfg)
+            systems = [r.get("system") for r in batch]
+            rollout = sample_groups(model, tokenizer, [r["prompt"] for r in batch], cfg, systems)
             parts = micro_batches(len(prompts), cfg.micro_batch_size)
             with torch.no_grad():  # π_old and π_ref stay fixed for all mu passes
                 old_logp = torch.cat([token_logprobs(model, rollout, s, cfg.temperature) for s in parts])
@@ -542,9 +581,13 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
                         [token_logprobs(ref_model, rollout, s, cfg.temperature) for s in parts]
                     )
             t1 = time.perf_counter()
-            rewards, metrics = compute_rewards(
-                client, cfg, questions, prompts, rollout.texts, references, anchored, rule
-            )  # (B,)
+            if cfg.reward == "r_align":  # (B,), NaN where the alignment check failed
+                judged = [r["audit"] for r in batch for _ in range(G)]
+                rewards, metrics = r_align_rewards(client, cfg, judged, rollout.texts)
+            else:
+                rewards, metrics = compute_rewards(
+                    client, cfg, questions, prompts, rollout.texts, references, anchored, rule
+                )  # (B,)
             t2 = time.perf_counter()
             by_group = rewards.view(-1, G)  # (P, G)
             advantages = group_advantages(by_group, cfg.scale_rewards).view(-1).to(device)  # (B,)
@@ -558,9 +601,10 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
 
             lengths = rollout.response_mask.sum(1).float()  # (B,)
             metrics.update({name: mean([p[name] for p in passes]) for name in passes[0]})
-            metrics["reward/mean"] = float(rewards.mean())
-            metrics["reward/std"] = float(rewards.std(correction=0))
-            metrics["reward/zero_std_groups"] = float((by_group.std(dim=1, correction=0) == 0).float().mean())
+            scored = rewards[~rewards.isnan()]
+            metrics["reward/mean"] = float(scored.mean())
+            metrics["reward/std"] = float(scored.std(correction=0))
+            metrics["reward/zero_std_groups"] = float((advantages.view(-1, G) == 0).all(dim=1).float().mean())
             metrics["response/length_mean"] = float(lengths.mean())
             metrics["response/truncated_frac"] = float((lengths == cfg.max_new_tokens).float().mean())
             metrics["anchor/fraction"] = mean([float(a) for a in anchored])
@@ -573,7 +617,7 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
                 "step": step,
                 "prompt": prompts[0],
                 "responses": rollout.texts[:G],
-                "rewards": by_group[0].tolist(),
+                "rewards": [None if math.isnan(r) else r for r in by_group[0].tolist()],
             }
             write_jsonl(out / "samples.jsonl", [group], mode="a")  # the first group, to read what pays
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")

@@ -67,9 +67,22 @@ def numbered_list_rule(response: str, reference: str | None = None) -> float:
     return 1.0 if NUMBERED_LIST.search(response) else 0.0
 
 
+def judge_verdict_rule(response: str, reference: str | None) -> float:
+    """A pairwise judgment's written verdict ("Verdict: A" or "Verdict: B", the last one
+    written, as the service parses it) equals the reference label."""
+    from rlme.service.judges import PAIRWISE, split_verdict
+
+    if reference not in PAIRWISE.labels:
+        raise ValueError(
+            f"the 'judge_verdict' rule needs a reference label of {PAIRWISE.labels}, not {reference!r}"
+        )
+    return 1.0 if split_verdict(response, PAIRWISE.cue, PAIRWISE.labels)[1] == reference else 0.0
+
+
 RULES: dict[str, Callable[[str, str | None], float]] = {
     "reference": reference_rule,
     "polite": polite_rule,
     "numbered_list": numbered_list_rule,
+    "judge_verdict": judge_verdict_rule,
 }
-NEEDS_REFERENCE = {"reference"}
+NEEDS_REFERENCE = {"reference", "judge_verdict"}

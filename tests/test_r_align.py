@@ -1,0 +1,126 @@
+"""R-Align training of a judge: the verdict rule, the label-gated reward, the split, one step."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlme.client.testing import FakeRewardService
+from rlme.trainer.audit import read_rows
+from rlme.trainer.grpo import TrainConfig, group_advantages
+from rlme.trainer.r_align import alignment_item, rewards, split, training_rows
+from rlme.trainer.rules import judge_verdict_rule
+
+SHIPPED = Path(__file__).parents[1] / "trainer" / "data" / "audit_pairs.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "score"),
+    [
+        ("B is wrong about the date.\nVerdict: A", "A", 1.0),
+        ("B is wrong.\nVerdict: **A**", "A", 1.0),
+        ("Verdict: B at first... no.\nVerdict: A", "A", 1.0),  # the last verdict counts
+        ("A is better.\nVerdict: B", "A", 0.0),
+        ("A is better.", "A", 0.0),  # no verdict written
+        ("Verdict: Amazing", "A", 0.0),  # not the label A
+    ],
+)
+def test_judge_verdict_rule(text: str, label: str, score: float) -> None:
+    assert judge_verdict_rule(text, label) == score
+
+
+def test_judge_verdict_rule_needs_a_label() -> None:
+    with pytest.raises(ValueError, match="reference label"):
+        judge_verdict_rule("Verdict: A", "yes")
+
+
+def test_advantages_leave_out_failed_checks() -> None:
+    rewards_ = torch.tensor([[1.0, float("nan"), 0.0, 2.0]])
+    advantages = group_advantages(rewards_, scale_by_std=False)
+    assert advantages[0].tolist() == pytest.approx([0.0, 0.0, -1.0, 1.0])  # mean of 1, 0, 2 is 1
+    scaled = group_advantages(rewards_, scale_by_std=True)
+    std = math.sqrt(2 / 3)
+    assert scaled[0].tolist() == pytest.approx([0.0, 0.0, -1 / std, 1 / std], rel=1e-5)
+    assert not group_advantages(torch.tensor([[float("nan")] * 2]), True).isnan().any()
+
+
+def test_split_and_held_out_rows_are_an_audit_file(tmp_path: Path) -> None:
+    rows = read_rows(SHIPPED)
+    train, held = split(rows, 4)
+    assert len(held) == 16 and len(train) == 48
+    assert {r.index for r in held}.isdisjoint({r.index for r in train})
+    trainer_rows = training_rows(str(SHIPPED), 4, tmp_path)
+    assert len(trainer_rows) == 48
+    assert [r.prompt for r in read_rows(tmp_path / "held_out.jsonl")] == [r.prompt for r in held]
+    first = trainer_rows[0]
+    assert first["reference"] in ("A", "B") and "<response_a>" in first["prompt"] and first["system"]
+
+
+def test_reward_is_label_gated_and_failed_alignment_checks_are_not_numbers(tmp_path: Path) -> None:
+    rows = read_rows(SHIPPED)[:4]
+    labels = [r.label for r in rows]
+    other = {"A": "B", "B": "A"}
+    texts = [
+        f"It names the decisive fact.\nVerdict: {labels[0]}",  # correct, aligner p = 0.8
+        f"Sounds nicer.\nVerdict: {other[labels[1]]}",  # wrong: nothing, whatever the reasons
+        "I cannot decide.",  # no verdict: wrong
+        f"MUMBLE\nVerdict: {labels[3]}",  # correct, but the aligner does not answer yes/no
+    ]
+    fake = FakeRewardService(p_yes=lambda item: None if "MUMBLE" in item.response else 0.8)
+    cfg = TrainConfig(reward="r_align", rlvr_weight=1.0, rlme_weight=2.0)
+    with fake.client() as client:
+        values, metrics = rewards(client, cfg, rows, texts)
+    assert values[:3].tolist() == pytest.approx([1.0 + 2.0 * 0.8, 0.0, 0.0])
+    assert values[3].isnan()
+    sent = fake.requests[0].items
+    assert len(sent) == 2  # only label-correct judgments are checked
+    assert sent[0].reference == rows[0].gold_rationale
+    assert sent[0].response == f"It names the decisive fact.\nVerdict: {labels[0]}"
+    assert fake.requests[0].questions[0].requires_reference
+    assert metrics["rlvr/accuracy"] == 0.5
+    assert metrics["r_align/parsed"] == 0.75
+    assert metrics["r_align/alignment_failures"] == 1.0
+    assert metrics["r_align/p_aligned_mean"] == pytest.approx(0.8)
+
+
+def test_alignment_item_is_the_audits_layout() -> None:
+    row = read_rows(SHIPPED)[0]
+    item = alignment_item(row, "  Because of X.  \nVerdict: B")
+    assert item["response"] == "Because of X.\nVerdict: B"
+    assert item["prompt"].startswith(row.prompt) and "Response B:\n" + row.response_b in item["prompt"]
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ValueError, match="judge_verdict"):
+        TrainConfig(reward="r_align", rule="reference")
+    with pytest.raises(ValueError, match="warm-up"):
+        TrainConfig(reward="rlme", sft_steps=2)
+    TrainConfig(reward="r_align", rubric=None)  # needs no rubric: the alignment question is built in
+
+
+@pytest.mark.model
+def test_one_r_align_step_after_an_sft_warm_up(tmp_path: Path) -> None:
+    from rlme.trainer.grpo import train
+
+    fake = FakeRewardService(p_yes=lambda item: 0.3 + 0.1 * (len(item.response) % 5))
+    cfg = TrainConfig(
+        reward="r_align", data=str(SHIPPED), group_size=2, prompts_per_step=2, max_new_tokens=8,
+        steps=1, mu=1, sft_steps=2, save_final=False, output_dir=str(tmp_path),
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with fake.client() as client:
+            train(cfg, client=client)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text())
+    for name in ("rlvr/accuracy", "r_align/parsed", "r_align/alignment_failures", "loss/cispo"):
+        assert math.isfinite(metrics[name]), name
+    assert (tmp_path / "held_out.jsonl").is_file()
+    sample = json.loads((tmp_path / "samples.jsonl").read_text())
+    assert "<response_a>" in sample["prompt"] and len(sample["responses"]) == 2

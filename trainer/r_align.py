@@ -1,0 +1,175 @@
+"""R-Align training of a generative judge: right verdicts, for the right reasons.
+
+The GRPO trainer with `reward: r_align` trains the policy *as a pairwise judge* on
+audit-format rows (trainer/audit.py: prompt, response_a, response_b, label,
+gold_rationale). The policy reads the service's own pairwise judge prompt (the built-in
+`pairwise` template, system prompt included, so the trained model is judged by the audit
+exactly as it was trained) and writes a rationale and "Verdict: A|B". Its reward is
+label-gated (R-Align, arXiv 2602.06763; an RLVR + RLME mixture on judge outputs):
+
+    r = w_label · c  +  w_align · c · P(aligned)      c = [parsed verdict == label]
+
+with w_label = `rlvr_weight`, w_align = `rlme_weight`, and P(aligned) the aligner
+evaluator's P(yes) to the audit's ALIGNMENT_QUESTION, the gold rationale as `reference`
+(the same item layout as the audit, so the training signal is what the audit measures).
+The alignment term is asked only for label-correct judgments: a wrong verdict earns
+nothing, whatever its reasons. An alignment check the aligner could not make (labels got
+less than its `min_label_mass`) is not a number: that judgment is left out of its group's
+advantages (advantage 0) and counted in `r_align/alignment_failures`.
+
+Rows whose index is a multiple of `held_out_every` are never trained on; the trainer
+writes them to OUTPUT/held_out.jsonl so the audit can be run on them before and after.
+An optional SFT warm-up (`sft_steps`) first teaches the format on the gold judgments
+(gold rationale + "Verdict: label") of the training rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlme.trainer.audit import ALIGNMENT_QUESTION, AuditRow, read_rows
+
+DATA_DIR = Path(__file__).parent / "data"
+ALIGNMENT = {"id": "aligned", "text": ALIGNMENT_QUESTION, "requires_reference": True}
+
+
+def audit_file(data: str) -> Path:
+    """'audit_pairs' is the shipped set; anything else is a path."""
+    return DATA_DIR / "audit_pairs.jsonl" if data == "audit_pairs" else Path(data)
+
+
+def split(rows: list[AuditRow], held_out_every: int) -> tuple[list[AuditRow], list[AuditRow]]:
+    """(train, held out): every `held_out_every`-th row (index 0, N, 2N, ...) is held out."""
+    if held_out_every <= 0:
+        return rows, []
+    held = [r for r in rows if r.index % held_out_every == 0]
+    return [r for r in rows if r.index % held_out_every != 0], held
+
+
+def write_rows(rows: list[AuditRow], path: Path) -> None:
+    """Audit-format JSONL, readable by `rlme audit --data`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keep = ("id", "category", "prompt", "response_a", "response_b", "label", "gold_rationale", "distractor")
+    path.write_text("".join(json.dumps({k: asdict(r)[k] for k in keep}) + "\n" for r in rows))
+
+
+def judge_prompt(row: AuditRow) -> tuple[str, str]:
+    """(system, user) messages of the service's pairwise judge for this row, A first."""
+    from rlme.service.judges import PAIRWISE, fill
+
+    values = {"prompt": row.prompt, "response_a": row.response_a, "response_b": row.response_b}
+    return PAIRWISE.system_prompt or "", fill(PAIRWISE, values)
+
+
+def training_rows(data: str, held_out_every: int, output_dir: Path) -> list[dict[str, Any]]:
+    """Trainer rows (prompt, system, reference = the label) for the training split; the
+    held-out split is written to output_dir/held_out.jsonl."""
+    rows = read_rows(audit_file(data))
+    train, held = split(rows, held_out_every)
+    if not train:
+        raise ValueError(f"{data}: no training rows left with held_out_every={held_out_every}")
+    if held:
+        write_rows(held, output_dir / "held_out.jsonl")
+    out = []
+    for row in train:
+        system, user = judge_prompt(row)
+        out.append({"prompt": user, "system": system, "reference": row.label, "audit": row})
+    return out
+
+
+def gold_judgment(row: AuditRow) -> str:
+    return f"{row.gold_rationale.strip()}\nVerdict: {row.label}"
+
+
+def alignment_item(row: AuditRow, judgment: str) -> dict[str, str]:
+    """What the aligner reads: the audit's layout (trainer/audit.py: align)."""
+    from rlme.service.judges import PAIRWISE, split_verdict
+
+    rationale, verdict, _ = split_verdict(judgment, PAIRWISE.cue, PAIRWISE.labels)
+    return {
+        "prompt": f"{row.prompt}\n\nResponse A:\n{row.response_a}\n\nResponse B:\n{row.response_b}",
+        "response": f"{rationale.strip()}\nVerdict: {verdict}",
+        "reference": row.gold_rationale,
+    }
+
+
+def rewards(
+    client: Any, cfg: Any, rows: list[AuditRow], texts: list[str]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Label-gated rewards (B,), NaN where the alignment check failed, and their metrics."""
+    from rlme.trainer.rules import judge_verdict_rule
+
+    correct = [judge_verdict_rule(y, row.label) for row, y in zip(rows, texts, strict=True)]
+    aligned: list[float | None] = [None] * len(texts)
+    todo = [i for i, c in enumerate(correct) if c]
+    failures = 0
+    if todo and cfg.rlme_weight != 0:
+        questions = cfg.questions or [ALIGNMENT]
+        answer = client.rewards(
+            [alignment_item(rows[i], texts[i]) for i in todo], questions=questions, evaluators=cfg.evaluators
+        )
+        for i, result in zip(todo, answer.results, strict=True):
+            if any(s.low_label_mass for s in result.scores):
+                failures += 1
+                continue
+            weights = [s.evaluator_weight * s.weight for s in result.scores]
+            aligned[i] = sum(w * s.p_yes for w, s in zip(weights, result.scores, strict=True)) / sum(weights)
+    values = []
+    for c, p in zip(correct, aligned, strict=True):
+        if c and cfg.rlme_weight != 0 and p is None:
+            values.append(math.nan)
+        else:
+            values.append(cfg.rlvr_weight * c + cfg.rlme_weight * c * (p or 0.0))
+    checked = [p for p in aligned if p is not None]
+    metrics = {
+        "rlvr/accuracy": sum(correct) / len(correct),
+        "r_align/parsed": sum(_parsed(y) for y in texts) / len(texts),
+        "r_align/p_aligned_mean": sum(checked) / len(checked) if checked else math.nan,
+        "r_align/alignment_failures": float(failures),
+    }
+    return torch.tensor(values, dtype=torch.float32), metrics
+
+
+def _parsed(text: str) -> bool:
+    from rlme.service.judges import PAIRWISE, split_verdict
+
+    return split_verdict(text, PAIRWISE.cue, PAIRWISE.labels)[1] is not None
+
+
+def sft_warmup(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: Any) -> list[float]:
+    """`sft_steps` AdamW steps of cross-entropy on the gold judgments (response tokens only,
+    closed by EOS), `prompts_per_step` rows per step. Returns the losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, fused=True)
+    rng = random.Random(f"{cfg.seed}-sft")
+    losses = []
+    model.train()
+    for _ in range(cfg.sft_steps):
+        batch = rng.sample(rows, min(cfg.prompts_per_step, len(rows)))
+        ids, starts = [], []
+        for row in batch:
+            chat = [{"role": "system", "content": row["system"]}, {"role": "user", "content": row["prompt"]}]
+            head = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
+            tail = tokenizer(gold_judgment(row["audit"]), add_special_tokens=False).input_ids
+            ids.append([*head, *tail, tokenizer.eos_token_id])
+            starts.append(len(head))
+        width = max(map(len, ids))
+        batch_ids = torch.full((len(ids), width), tokenizer.pad_token_id or 0, dtype=torch.long)  # (b, L)
+        labels = torch.full((len(ids), width), -100, dtype=torch.long)  # (b, L): -100 = not trained on
+        for b, (row_ids, start) in enumerate(zip(ids, starts, strict=True)):
+            batch_ids[b, : len(row_ids)] = torch.tensor(row_ids)
+            labels[b, start : len(row_ids)] = torch.tensor(row_ids[start:])
+        # Right padding: real tokens never attend to it; padded positions carry no labels.
+        loss = model(input_ids=batch_ids.to(model.device), labels=labels.to(model.device)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
