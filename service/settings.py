@@ -63,9 +63,21 @@ class RemoteOptions(_Strict):
 
     urls: list[str] = Field(min_length=1, description="Base URLs, e.g. http://gpu-0:8000.")
     served_model: str | None = Field(None, description="`model` sent to the servers; default: ask them.")
-    api_key: str | None = None
+    api_key: str | None = Field(None, description="Bearer key the servers (or vllm-router) expect.")
+    api_key_env: str | None = Field(
+        None, description="Or: the environment variable holding it (e.g. from a Kubernetes Secret)."
+    )
     timeout_s: float = Field(60.0, gt=0)
     health_interval_s: float = Field(5.0, gt=0, description="How often a failed replica is re-checked.")
+    health_path: str = Field(
+        "/health", description="Health check path; '/readiness' for vllm-router (200 while a worker is up)."
+    )
+    failover_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="When no replica can take work, keep re-checking them and retrying this long before "
+        "failing it: a router failing over from a dead server, a replica restarting.",
+    )
     max_concurrency: int = Field(16, ge=1, description="In-flight requests per replica.")
     max_batch_prompts: int = Field(
         256, ge=1, description="Evaluations per `/v1/completions` request (a list prompt)."

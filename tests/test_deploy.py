@@ -66,3 +66,18 @@ def test_dockerfiles_install_what_the_readme_installs(dockerfile: str) -> None:
             assert step.strip('"') in makefile.replace('".[service,dev]"', '".[service]"'), step
     else:
         assert re.search(r'pip install .*"\.\[server\]"', text)  # keeps the image's CUDA torch
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.remote"])
+def test_our_images_run_as_an_unprivileged_user(dockerfile: str) -> None:
+    text = (ROOT / "deploy" / dockerfile).read_text()
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert "/health/ready" in text
+
+
+def test_the_remote_front_image_brings_no_torch() -> None:
+    text = (ROOT / "deploy" / "Dockerfile.remote").read_text()
+    assert '".[front]"' in text and "torch" not in text.replace("no torch", "")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".venv-vllm", "runs"} <= set(ignored)

