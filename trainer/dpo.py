@@ -140,6 +140,11 @@ class MetaRewardingConfig:
             raise ValueError(f"length_control (ρ) must be in [0, 0.5], not {self.length_control}")
         if self.rule is not None and self.rule not in RULES:
             raise ValueError(f"rule must be one of {sorted(RULES)}, not {self.rule!r}")
+        if self.resume is not None and not (Path(self.resume) / "trainer_state.pt").is_file():
+            raise ValueError(
+                f"resume: {self.resume} is not a checkpoint of this trainer (no trainer_state.pt there); "
+                "checkpoints are written to output_dir/checkpoints/step_N"
+            )
 
 
 def load_config(values: dict[str, Any], source: str) -> MetaRewardingConfig:

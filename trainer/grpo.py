@@ -176,6 +176,11 @@ class TrainConfig:
             raise ValueError(
                 f"the 'r_align' reward checks verdicts with the 'judge_verdict' rule, not {self.rule!r}"
             )
+        if self.resume is not None and not (Path(self.resume) / "trainer_state.pt").is_file():
+            raise ValueError(
+                f"resume: {self.resume} is not a checkpoint of this trainer (no trainer_state.pt there); "
+                "checkpoints are written to output_dir/checkpoints/step_NNNNNN (checkpoint_every, save_final)"
+            )
         if self.sft_steps and self.reward != "r_align":
             raise ValueError("sft_steps is the 'r_align' warm-up on gold judgments; other rewards have none")
         if self.reward in ("rlme", "mixture") and self.rubric is None and not self.questions:
