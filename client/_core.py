@@ -27,6 +27,7 @@ from .errors import (
     ClientClosedError,
     NotReadyError,
     RLMEError,
+    _parse_error_body,
     status_error,
 )
 from .wire import (
@@ -165,6 +166,8 @@ class BaseClient:
             return None
         if response is not None:
             if response.status_code not in RETRYABLE_STATUS_CODES:
+                return None
+            if _parse_error_body(response)[2] is False:  # the server says retrying cannot help
                 return None
             retry_after = parse_retry_after(response.headers.get("retry-after"), now=self._now())
             if retry_after is not None:

