@@ -188,7 +188,7 @@ class Health(BaseModel):
     evaluators: dict[str, str] = Field(description="Evaluator name -> 'ok', 'loading' or an error.")
 
 
-# OpenRLHF's remote reward model contract (`--remote_rm_url`): query = prompt + response.
+# OpenRLHF's remote reward model contract (`--reward.remote_url`): query = prompt + response.
 class OpenRLHFRewardRequest(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 

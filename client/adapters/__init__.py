@@ -2,9 +2,9 @@
 
 - `rlme.client.adapters.trl`: `RLMERewardFunc`, `async_reward_func` for `reward_funcs=`.
 - `rlme.client.adapters.verl`: `compute_score`, `compute_score_batch`, `compute_score_async`
-  for `custom_reward_function.path=pkg://rlme.client.adapters.verl`.
+  for `reward.custom_reward_function.path=pkg://rlme.client.adapters.verl` (verl 0.9).
 - `rlme.client.adapters.slime`: `reward_func`, `batched_reward_func` for `--custom-rm-path`.
 
-OpenRLHF needs no client code: point `--remote_rm_url` at the service's `/get_reward`.
+OpenRLHF needs no client code: point `--reward.remote_url` (OpenRLHF >= 0.10.2) at `/get_reward`.
 Nothing here imports the frameworks themselves.
 """

@@ -2,11 +2,11 @@
 
 verl imports the function by path, so it is configured by environment variables
 ($RLME_BASE_URL, $RLME_API_KEY, $RLME_RUBRIC or $RLME_QUESTIONS, $RLME_EVALUATORS,
-$RLME_SEND_REFERENCE); keys of `custom_reward_function.reward_kwargs` (`rubric`,
+$RLME_SEND_REFERENCE); keys of `reward.custom_reward_function.reward_kwargs` (`rubric`,
 `questions`, `evaluators`, `send_reference`) arrive as keyword arguments and win.
 
-What verl passes (verl/workers/reward_manager/naive.py and batch.py,
-verl/experimental/reward_loop/reward_manager/naive.py): `data_source`, `solution_str`
+What verl 0.9 passes (its reward loop, verl/experimental/reward_loop/reward_manager/naive.py,
+one call per sample, async functions awaited): `data_source`, `solution_str`
 (the decoded response only), `ground_truth` (the row's reward_model.ground_truth) and
 `extra_info` (the row's extra_info dict). verl does NOT pass the prompt: it is read from
 extra_info["prompt"], else extra_info["question"] (verl's gsm8k preprocessing stores
@@ -14,10 +14,11 @@ the raw question there), else it is empty. Store the prompt in extra_info when y
 preprocess your data. `ground_truth` becomes the item's `reference` unless
 $RLME_SEND_REFERENCE=0 (label-free RLME, as in the paper).
 
-    custom_reward_function.path=pkg://rlme.client.adapters.verl
-    custom_reward_function.name=compute_score        # naive reward manager
-    custom_reward_function.name=compute_score_batch  # reward_model.reward_manager=batch
-    custom_reward_function.name=compute_score_judge  # a generative judge ($RLME_JUDGE)
+    reward.custom_reward_function.path=pkg://rlme.client.adapters.verl
+    reward.custom_reward_function.name=compute_score_async  # verl 0.9's reward loop (recommended)
+    reward.custom_reward_function.name=compute_score        # the same, blocking
+    reward.custom_reward_function.name=compute_score_judge  # a generative judge ($RLME_JUDGE)
+    compute_score_batch: verl <= 0.6's `reward_model.reward_manager=batch` only (gone in 0.9)
 """
 
 from __future__ import annotations

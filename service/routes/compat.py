@@ -1,7 +1,7 @@
 """Routes in RL frameworks' own reward-model contracts, served by the same scorer.
 
-- OpenRLHF `--remote_rm_url`: POST /get_reward {"query", "prompts", "labels"} ->
-  {"rewards", "scores", "extra_logs"}; query = prompt + response.
+- OpenRLHF `--reward.remote_url` (`--remote_rm_url` before 0.10.2): POST /get_reward
+  {"query", "prompts", "labels"} -> {"rewards", "scores", "extra_logs"}; query = prompt + response.
 - slime `--rm-url`: POST /slime/reward {"prompt", "response", "label"} -> a bare float.
 
 Questions come from the `rubric` query parameter, else `compat_rubric` in the config.
