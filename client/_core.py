@@ -229,6 +229,8 @@ class BaseClient:
         questions: Sequence[QuestionLike] | None,
         rubric: str | None,
         evaluators: Sequence[EvaluatorLike] | None,
+        run: str | None = None,
+        step: int | None = None,
     ) -> list[RewardRequest]:
         """One validated request per chunk of `chunk_size` items."""
         parsed = [Item.model_validate(item) for item in items]
@@ -242,6 +244,8 @@ class BaseClient:
                 questions=question_list,
                 rubric=rubric,
                 evaluators=evaluator_list,
+                run=run,
+                step=step,
             )
             for start in range(0, len(parsed), self.chunk_size)
         ]

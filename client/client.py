@@ -39,6 +39,7 @@ from .wire import (
     RewardRequest,
     RewardResponse,
     RubricList,
+    RunReport,
 )
 
 __all__ = ["RewardClient", "AsyncRewardClient"]
@@ -98,9 +99,12 @@ class RewardClient(BaseClient):
         questions: Sequence[QuestionLike] | None = None,
         rubric: str | None = None,
         evaluators: Sequence[EvaluatorLike] | None = None,
+        run: str | None = None,
+        step: int | None = None,
     ) -> RewardResponse:
-        """Score `items`; one reward per item, in order. Give `questions` or `rubric`."""
-        requests = self._reward_requests(items, questions, rubric, evaluators)
+        """Score `items`; one reward per item, in order. Give `questions` or `rubric`.
+        `run`/`step` tag the request for the service's run monitor (GET /v1/runs/{run})."""
+        requests = self._reward_requests(items, questions, rubric, evaluators, run, step)
         if len(requests) <= 1:
             return self._merge([self._post_rewards(request) for request in requests])
         pool = ThreadPoolExecutor(min(self.max_concurrency, len(requests)), "rlme-client")
@@ -153,6 +157,10 @@ class RewardClient(BaseClient):
     def rubrics(self) -> RubricList:
         """The server's named rubrics with their meta-questions and weights."""
         return self._parse(RubricList, self._send(self._get("/v1/rubrics")))
+
+    def run_report(self, run: str) -> RunReport:
+        """GET /v1/runs/{run}: the run monitor's per-step statistics, signals and alarm."""
+        return self._parse(RunReport, self._send(self._get(f"/v1/runs/{run}")))
 
     def health(self) -> Health:
         """One GET /health, without retries: a 503 "loading" report is returned, not raised."""
@@ -255,9 +263,12 @@ class AsyncRewardClient(BaseClient):
         questions: Sequence[QuestionLike] | None = None,
         rubric: str | None = None,
         evaluators: Sequence[EvaluatorLike] | None = None,
+        run: str | None = None,
+        step: int | None = None,
     ) -> RewardResponse:
-        """Score `items`; one reward per item, in order. Give `questions` or `rubric`."""
-        requests = self._reward_requests(items, questions, rubric, evaluators)
+        """Score `items`; one reward per item, in order. Give `questions` or `rubric`.
+        `run`/`step` tag the request for the service's run monitor (GET /v1/runs/{run})."""
+        requests = self._reward_requests(items, questions, rubric, evaluators, run, step)
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def post(request: RewardRequest) -> RewardResponse:
@@ -317,6 +328,10 @@ class AsyncRewardClient(BaseClient):
     async def rubrics(self) -> RubricList:
         """The server's named rubrics with their meta-questions and weights."""
         return self._parse(RubricList, await self._send(self._get("/v1/rubrics")))
+
+    async def run_report(self, run: str) -> RunReport:
+        """GET /v1/runs/{run} (see `RewardClient.run_report`)."""
+        return self._parse(RunReport, await self._send(self._get(f"/v1/runs/{run}")))
 
     async def health(self) -> Health:
         """One GET /health, without retries: a 503 "loading" report is returned, not raised."""

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rlme.client.wire_runs import RUN_ID_PATTERN, Alarm, QuestionStep, RunReport, RunStep, Signal
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -39,6 +41,12 @@ class Item(_Wire):
         default=None,
         description="Ground truth or context. When given, the evaluator is shown it "
         "before every question about this item.",
+    )
+    rule_score: float | None = Field(
+        default=None,
+        description="Optional: the caller's own rule/label check of this response (e.g. 1 = passes "
+        "the verifier). Never shown to the evaluator; the run monitor measures how well p_yes "
+        "agrees with it (docs/monitoring.md).",
     )
 
     @field_validator("prompt")
@@ -79,6 +87,13 @@ class RewardRequest(_Wire):
     evaluators: list[EvaluatorChoice] | None = Field(
         default=None, description="Evaluators and their weights; default: the default evaluator."
     )
+    run: str | None = Field(
+        default=None,
+        pattern=RUN_ID_PATTERN,
+        description="Optional training-run id: the service keeps per-step statistics of this run's "
+        "rewards and raises an alarm when they stop meaning what they meant (GET /v1/runs/{run}).",
+    )
+    step: int | None = Field(default=None, ge=0, description="The run's training step (with `run`).")
 
     @model_validator(mode="after")
     def _questions_xor_rubric(self) -> RewardRequest:
@@ -94,6 +109,8 @@ class RewardRequest(_Wire):
             if not self.evaluators:
                 raise ValueError("`evaluators` is empty; leave it out to use the default")
             _no_duplicates([e.name for e in self.evaluators], "evaluator name")
+        if self.step is not None and self.run is None:
+            raise ValueError("`step` needs a `run` id")
         return self
 
 
@@ -259,6 +276,11 @@ __all__ = [
     "QuestionScore",
     "RewardRequest",
     "RewardResponse",
+    "Alarm",
+    "QuestionStep",
+    "RunReport",
+    "RunStep",
+    "Signal",
     "RubricInfo",
     "RubricList",
     "Usage",

@@ -15,7 +15,8 @@ from rlme.service.evaluators import EvaluatorPool
 from rlme.service.judging import JudgeService
 from rlme.service.metrics import Metrics
 from rlme.service.middleware import RequestContextMiddleware
-from rlme.service.routes import admin, compat, info, judges, rewards
+from rlme.service.routes import admin, compat, info, judges, rewards, runs
+from rlme.service.run_monitor import RunMonitor
 from rlme.service.scoring import RewardScorer
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await loading
             await pool.stop()
             await tenants.rates.aclose()
+            monitor.close()
 
     app = FastAPI(title="rlme", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -52,13 +54,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pool = pool
     app.state.keyring = KeyRing(settings)
     tenants = Tenants(settings, on_store_error=metrics.quota_store_errors.inc)
-    app.state.scorer = RewardScorer(settings, pool, metrics, tenants)
+    db_path = settings.monitoring.db_path or settings.cache_dir / "runs.sqlite"
+    monitor = RunMonitor(settings.monitoring, db_path, metrics)
+    app.state.scorer = RewardScorer(settings, pool, metrics, tenants, monitor)
     app.state.judge = JudgeService(settings, pool, metrics, tenants)
     install_error_handlers(app)
     app.include_router(rewards.router)
     app.include_router(judges.router)
     app.include_router(compat.router)
     app.include_router(info.router)
+    app.include_router(runs.router)
     app.include_router(admin.router)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes

@@ -120,6 +120,12 @@ class Metrics:
             ["evaluator", "replica"],
             registry=r,
         )
+        self.run_alarm = Gauge(
+            "rlme_run_alarm",
+            "Run monitor alarm per training run: 0 ok, 1 watch, 2 alarm (at most monitoring.max_runs runs).",
+            ["run"],
+            registry=r,
+        )
         self.quota_store_errors = Counter(
             "rlme_quota_store_errors",
             "Quota checks that could not reach the shared store (the request was admitted unchecked).",

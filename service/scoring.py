@@ -32,6 +32,7 @@ from rlme.service.errors import (
 from rlme.service.evaluators import Evaluator, EvaluatorPool
 from rlme.service.metrics import Metrics
 from rlme.service.reward_math import log_p_yes, weighted_reward
+from rlme.service.run_monitor import RunMonitor
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
 
@@ -46,11 +47,19 @@ class Plan:
 
 
 class RewardScorer:
-    def __init__(self, settings: Settings, pool: EvaluatorPool, metrics: Metrics, tenants: Tenants) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: EvaluatorPool,
+        metrics: Metrics,
+        tenants: Tenants,
+        monitor: RunMonitor | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
         self.tenants = tenants
+        self.monitor = monitor
 
     def plan(self, request: RewardRequest) -> Plan:
         """Check the request against this server's rubrics, evaluators and limits."""
@@ -147,6 +156,12 @@ class RewardScorer:
             queued.dec(evaluations)
         self.metrics.tenant_evaluations.labels(tenant).inc(evaluations)
         return response
+
+    def observe_run(self, request: RewardRequest, response: RewardResponse) -> str | None:
+        """Give a run's scored request to the run monitor; the run's alarm (None: no run)."""
+        if self.monitor is None or request.run is None:
+            return None
+        return self.monitor.observe(request, response.results)
 
     async def _score(self, request: RewardRequest, plan: Plan, tenant: str) -> RewardResponse:
         deadline = time.monotonic() + self.settings.limits.request_timeout_s

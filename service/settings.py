@@ -165,6 +165,25 @@ class TenantConfig(_Strict):
     max_queued_evaluations: int | None = Field(None, ge=1, description="Queued at once; None = unlimited.")
 
 
+class MonitoringConfig(_Strict):
+    """The run monitor (service/run_monitor.py, docs/monitoring.md)."""
+
+    enabled: bool = Field(True, description="Keep per-step statistics of requests that carry a `run`.")
+    db_path: Path | None = Field(
+        None, description="SQLite file the statistics persist in; default: cache_dir/runs.sqlite."
+    )
+    max_runs: int = Field(32, ge=1, description="Runs held in memory and in metrics (least recent evicted).")
+    max_steps: int = Field(1000, ge=4, description="Latest steps of a run held in memory and reported.")
+    window: int = Field(3, ge=1, description="Steps compared at the start and the end of a run.")
+    p_yes_rise: float = Field(0.1, gt=0, description="Mean p_yes up by this much: 'the reward went up'.")
+    length_change: float = Field(0.5, gt=0, description="Relative change of response length that is a shift.")
+    markdown_change: float = Field(0.3, gt=0, description="Change of the markdown share that is a shift.")
+    repetition_change: float = Field(0.2, gt=0, description="Change of the repeated-3-gram share.")
+    auc_alarm: float = Field(0.6, gt=0, lt=1, description="Rule AUC at or below this, with p_yes up: alarm.")
+    auc_drop: float = Field(0.15, gt=0, lt=1, description="Rule AUC fallen this much since the start: watch.")
+    label_mass_min: float = Field(0.05, gt=0, lt=1, description="Mean label mass below this: watch.")
+
+
 class RateStoreConfig(_Strict):
     """Where tenants' evaluations/s buckets live (service/rate_store.py)."""
 
@@ -227,6 +246,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, time to finish accepted work.")
     log_format: Literal["text", "json"] = "text"
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     log_level: str = "info"
 
     @field_validator("evaluators")

@@ -125,3 +125,16 @@ async def test_async_variant_is_a_coroutine_function_trl_will_await() -> None:
     assert rewards == [-5.0, -4.0]
     assert fake.requests[0].rubric == "grounded"
     assert fake.requests[0].items[1].reference == "Paris is the capital."
+
+
+def test_a_run_id_sends_run_and_trls_global_step() -> None:
+    from types import SimpleNamespace
+
+    fake = FakeRewardService(reward=by_length)
+    func = RLMERewardFunc(rubric="correctness", client=fake.client(), run="grpo-exp-7")
+    kwargs = {**trl_kwargs(), "trainer_state": SimpleNamespace(global_step=42)}
+    func(prompts=["a", "b", "c"], completions=["1", "2", "3"], **kwargs)
+    assert (fake.requests[0].run, fake.requests[0].step) == ("grpo-exp-7", 42)
+    plain = RLMERewardFunc(rubric="correctness", client=fake.client())
+    plain(prompts=["a", "b", "c"], completions=["1", "2", "3"], **kwargs)
+    assert (fake.requests[1].run, fake.requests[1].step) == (None, None)  # no run id: nothing sent

@@ -50,6 +50,7 @@ import contextlib
 import json
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -144,6 +145,9 @@ class TrainConfig:
     """The rlme service; null: $RLME_BASE_URL, else http://127.0.0.1:8000."""
     service_wait_s: float = 300.0
     """How long to wait at start for the service's /health to report ready."""
+    run: str | None = None
+    """Run id for the service's run monitor (reward requests carry it and the step; the alarm
+    is logged as `monitor/alarm` and shown in the progress bar). null: output_dir's folder name."""
     output_dir: str = "runs/grpo"
     """metrics.jsonl, samples.jsonl, tb/ (TensorBoard), rewards.png and checkpoints/ go here."""
     checkpoint_every: int = 0
@@ -400,6 +404,7 @@ def compute_rewards(
     references: list[str | None],
     anchored: list[bool],
     rule: str | None,
+    step: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Rewards (B,) = w_rlme · service reward + w_rlvr · rule reward, and their metrics.
 
@@ -417,7 +422,12 @@ def compute_rewards(
         ]
         inline = [q.model_dump() for q in questions] if cfg.questions is not None else None
         rubric = None if inline else cfg.rubric  # inline questions win over the rubric
-        answer = client.rewards(items, questions=inline, rubric=rubric, evaluators=cfg.evaluators)
+        if rule is not None:  # the monitor measures how well p_yes agrees with the rule
+            for item, y, ref in zip(items, texts, references, strict=True):
+                item["rule_score"] = RULES[rule](y, ref)
+        answer = client.rewards(
+            items, questions=inline, rubric=rubric, evaluators=cfg.evaluators, run=run_id(cfg), step=step
+        )
         rewards += w_rlme * torch.tensor(answer.rewards)
         metrics["reward/rlme/mean"] = mean(answer.rewards)
         metrics["usage/evaluations"] = float(answer.usage.evaluations)
@@ -437,6 +447,23 @@ def compute_rewards(
     elif w_rlvr != 0:
         raise ValueError("the rule reward needs a rule (see resolve_rule)")
     return rewards, metrics
+
+
+def run_id(cfg: TrainConfig) -> str:
+    """`run`, else the output folder's name, as a run id the service accepts."""
+    name = cfg.run or Path(cfg.output_dir).resolve().name
+    cleaned = re.sub(r"[^A-Za-z0-9._:-]", "-", name).lstrip("._:-")[:64]
+    return cleaned or "run"
+
+
+def monitor_alarm(client: Any, cfg: TrainConfig) -> str | None:
+    """The service's alarm for this run (ok / watch / alarm), None where it has no monitor."""
+    from rlme.client import APIStatusError
+
+    try:
+        return str(client.run_report(run_id(cfg)).alarm)
+    except APIStatusError:  # an older service, or a test double
+        return None
 
 
 def mean(values: list[float]) -> float:
@@ -591,7 +618,7 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
                 rewards, metrics = r_align_rewards(client, cfg, judged, rollout.texts)
             else:
                 rewards, metrics = compute_rewards(
-                    client, cfg, questions, prompts, rollout.texts, references, anchored, rule
+                    client, cfg, questions, prompts, rollout.texts, references, anchored, rule, step
                 )  # (B,)
             t2 = time.perf_counter()
             by_group = rewards.view(-1, G)  # (P, G)
@@ -614,6 +641,9 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
             metrics["response/truncated_frac"] = float((lengths == cfg.max_new_tokens).float().mean())
             metrics["anchor/fraction"] = mean([float(a) for a in anchored])
             metrics.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2})
+            alarm = monitor_alarm(client, cfg) if "reward/rlme/mean" in metrics else None
+            if alarm is not None:  # the service's run monitor: 0 ok, 1 watch, 2 alarm
+                metrics["monitor/alarm"] = float(("ok", "watch", "alarm").index(alarm))
             history.append({"step": step, **metrics})
             write_jsonl(out / "metrics.jsonl", history[-1:], mode="a")
             for name, value in metrics.items():
@@ -625,7 +655,7 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
                 "rewards": [None if math.isnan(r) else r for r in by_group[0].tolist()],
             }
             write_jsonl(out / "samples.jsonl", [group], mode="a")  # the first group, to read what pays
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", **({"alarm": alarm} if alarm else {}))
             if (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or (
                 cfg.save_final and step == cfg.steps
             ):

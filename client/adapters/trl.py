@@ -49,6 +49,7 @@ class _Spec:
     scoring: Scoring
     reference_columns: tuple[str, ...]
     name: str
+    run: str | None = None
 
     @classmethod
     def build(
@@ -58,6 +59,7 @@ class _Spec:
         evaluators: Sequence[EvaluatorLike] | None,
         reference_column: str | Sequence[str] | None,
         name: str,
+        run: str | None = None,
     ) -> _Spec:
         overrides: dict[str, Any] = {"rubric": rubric, "questions": questions}
         if evaluators is not None:
@@ -65,7 +67,16 @@ class _Spec:
         columns = (reference_column,) if isinstance(reference_column, str) else reference_column
         # No environment lookup: a TRL script says what it wants in code.
         scoring = Scoring.from_env({}, **overrides)
-        return cls(scoring, tuple(columns or ()), name)
+        return cls(scoring, tuple(columns or ()), name, run)
+
+    def options(self, columns: Mapping[str, Any]) -> dict[str, Any]:
+        """The request's scoring options, and `run`/`step` for the service's run monitor
+        (step = TRL's `trainer_state.global_step`) when a run id was given."""
+        options = self.scoring.request_options()
+        if self.run is not None:
+            state = columns.get("trainer_state")
+            options.update(run=self.run, step=getattr(state, "global_step", None))
+        return options
 
     def items(
         self, prompts: Sequence[Any], completions: Sequence[Any], columns: Mapping[str, Any]
@@ -100,7 +111,8 @@ class RLMERewardFunc:
 
     Give `rubric` (a server-side name) or `questions` (inline meta-questions); neither
     means rubric "correctness". `reference_column` names the dataset column(s) holding
-    ground truth, tried in order; None scores without it. Picklable (TRL's
+    ground truth, tried in order; None scores without it. `run`: a run id for the service's
+    run monitor; each call then carries it and TRL's `trainer_state.global_step`. Picklable (TRL's
     AsyncGRPOTrainer sends reward functions to a child process): the client is rebuilt
     from `base_url`/`api_key` (or $RLME_BASE_URL/$RLME_API_KEY) after unpickling.
     """
@@ -116,8 +128,9 @@ class RLMERewardFunc:
         base_url: str | None = None,
         api_key: str | None = None,
         client: RewardClient | None = None,
+        run: str | None = None,
     ) -> None:
-        self._spec = _Spec.build(rubric, questions, evaluators, reference_column, name)
+        self._spec = _Spec.build(rubric, questions, evaluators, reference_column, name, run)
         self.__name__ = name  # TRL names the logged reward after this
         self._base_url = client.base_url if client is not None else base_url
         self._api_key = client.api_key if client is not None else api_key
@@ -129,7 +142,7 @@ class RLMERewardFunc:
         if self._client is None:
             self._client = RewardClient(base_url=self._base_url, api_key=self._api_key)
         answer = self._client.rewards(
-            self._spec.items(prompts, completions, kwargs), **self._spec.scoring.request_options()
+            self._spec.items(prompts, completions, kwargs), **self._spec.options(kwargs)
         )
         return self._spec.rewards(answer, kwargs.get("log_metric"))
 
@@ -150,6 +163,7 @@ def async_reward_func(
     reference_column: str | Sequence[str] | None = "reference",
     name: str = "rlme",
     client: AsyncRewardClient | None = None,
+    run: str | None = None,
 ) -> AsyncTRLRewardFunc:
     """An `async def` TRL reward function backed by the rlme service.
 
@@ -157,13 +171,11 @@ def async_reward_func(
     AsyncRewardClient from $RLME_BASE_URL/$RLME_API_KEY. A closure, so not picklable:
     use `RLMERewardFunc` with AsyncGRPOTrainer.
     """
-    spec = _Spec.build(rubric, questions, evaluators, reference_column, name)
+    spec = _Spec.build(rubric, questions, evaluators, reference_column, name, run)
 
     async def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         http = client or shared_async_client()
-        answer = await http.rewards(
-            spec.items(prompts, completions, kwargs), **spec.scoring.request_options()
-        )
+        answer = await http.rewards(spec.items(prompts, completions, kwargs), **spec.options(kwargs))
         return spec.rewards(answer, kwargs.get("log_metric"))
 
     reward.__name__ = reward.__qualname__ = name

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from rlme.client.wire import ErrorBody, RewardRequest, RewardResponse
 from rlme.service.auth import PrincipalDep
 from rlme.service.deps import ScorerDep
 
 router = APIRouter(tags=["rewards"])
+RUN_ALARM_HEADER = "x-rlme-run-alarm"
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": text}
@@ -24,6 +25,15 @@ ERRORS: dict[int | str, dict[str, object]] = {
 
 
 @router.post("/v1/rewards", responses=ERRORS)
-async def rewards(request: RewardRequest, scorer: ScorerDep, who: PrincipalDep) -> RewardResponse:
-    """Score each item with every meta-question and evaluator; rewards in request order."""
-    return await scorer.score(request, who.tenant)
+async def rewards(
+    request: RewardRequest, scorer: ScorerDep, who: PrincipalDep, response: Response
+) -> RewardResponse:
+    """Score each item with every meta-question and evaluator; rewards in request order.
+
+    With `run` (and `step`), the run monitor records the answer and the run's alarm comes
+    back in the `x-rlme-run-alarm` header (ok / watch / alarm; GET /v1/runs/{run})."""
+    answer = await scorer.score(request, who.tenant)
+    alarm = scorer.observe_run(request, answer)
+    if alarm is not None:
+        response.headers[RUN_ALARM_HEADER] = alarm
+    return answer

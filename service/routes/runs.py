@@ -1,0 +1,26 @@
+"""GET /v1/runs/{run}: what the run monitor saw of a training run, its signals and alarm."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path, Request
+
+from rlme.client.wire import ErrorBody, RunReport
+from rlme.client.wire_runs import RUN_ID_PATTERN
+from rlme.service.auth import PrincipalDep
+from rlme.service.errors import NotFound
+
+router = APIRouter(tags=["runs"])
+
+
+@router.get("/v1/runs/{run}", responses={404: {"model": ErrorBody}})
+async def run_report(
+    request: Request, who: PrincipalDep, run: str = Path(pattern=RUN_ID_PATTERN)
+) -> RunReport:
+    """Per-step statistics of the run's rewards, the hacking signals and the alarm.
+
+    Runs are shared by the tenants of one service: a run id names a run, not a tenant."""
+    monitor = request.app.state.scorer.monitor
+    report = monitor.report(run) if monitor is not None else None
+    if report is None:
+        raise NotFound(f"no run {run!r}: tag reward requests with `run` (and `step`) to monitor one")
+    return report

@@ -1,0 +1,120 @@
+"""Per-step statistics of a training run's rewards: what the run monitor keeps.
+
+One `StepStats` per (run, step): the items' rewards, response length and format, and per
+(evaluator, question) the distribution of p_yes (a 20-bin histogram, so quantiles take
+constant memory) and of the label mass. Pairs of (mean p_yes, rule_score) are kept for
+the rule-agreement AUC, at most `MAX_RULE_PAIRS` per step. Everything is JSON, so a step
+is one SQLite row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rlme.client.wire_runs import QuestionStep, RunStep
+
+BINS = 20
+MAX_RULE_PAIRS = 512
+# Bold/italic markers, headings, inline code, bullet and numbered list lines.
+MARKDOWN = re.compile(r"\*\*|__|`|^\s{0,3}#{1,6}\s|^\s*[-*+]\s|^\s*\d+[.)]\s", re.M)
+
+
+def repetition(text: str) -> float:
+    """Share of the response's word 3-grams that repeat an earlier one (0: none)."""
+    words = text.lower().split()
+    grams = list(zip(words, words[1:], words[2:], strict=False))
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def auc(pairs: list[tuple[float, float]]) -> float | None:
+    """P(score of a passing item > score of a failing one), ties counting half: the
+    Mann-Whitney AUC of p_yes against rule_score >= 0.5. None without both classes."""
+    passing = [p for p, rule in pairs if rule >= 0.5]
+    failing = [p for p, rule in pairs if rule < 0.5]
+    if not passing or not failing:
+        return None
+    wins = sum((a > b) + 0.5 * (a == b) for a in passing for b in failing)
+    return wins / (len(passing) * len(failing))
+
+
+@dataclass
+class QuestionStats:
+    evaluations: int = 0
+    p_sum: float = 0.0
+    hist: list[int] = field(default_factory=lambda: [0] * BINS)
+    mass_sum: float = 0.0
+    low: int = 0
+
+    def add(self, p_yes: float, mass: float | None, low: bool) -> None:
+        self.evaluations += 1
+        self.p_sum += p_yes
+        self.hist[min(BINS - 1, int(p_yes * BINS))] += 1
+        self.mass_sum += 1.0 if mass is None else mass
+        self.low += low
+
+    def quantile(self, q: float) -> float:
+        """From the histogram, linear within the bin that holds it."""
+        target, seen = q * self.evaluations, 0
+        for b, count in enumerate(self.hist):
+            if count and seen + count >= target:
+                return (b + (target - seen) / count) / BINS
+            seen += count
+        return 1.0
+
+    def summary(self) -> QuestionStep:
+        n = max(1, self.evaluations)
+        quantiles = {f"p{int(q * 100)}": round(self.quantile(q), 4) for q in (0.1, 0.5, 0.9)}
+        return QuestionStep(
+            evaluations=self.evaluations,
+            p_yes_mean=self.p_sum / n,
+            p_yes_quantiles=quantiles,
+            label_mass_mean=self.mass_sum / n,
+            low_label_mass=self.low,
+        )
+
+
+@dataclass
+class StepStats:
+    items: int = 0
+    reward_sum: float = 0.0
+    chars_sum: int = 0
+    markdown: int = 0
+    repetition_sum: float = 0.0
+    rule_pairs: list[tuple[float, float]] = field(default_factory=list)
+    questions: dict[str, QuestionStats] = field(default_factory=dict)
+
+    def add_item(self, reward: float, response: str, p_mean: float, rule_score: float | None) -> None:
+        self.items += 1
+        self.reward_sum += reward
+        self.chars_sum += len(response)
+        self.markdown += bool(MARKDOWN.search(response))
+        self.repetition_sum += repetition(response)
+        if rule_score is not None and len(self.rule_pairs) < MAX_RULE_PAIRS:
+            self.rule_pairs.append((p_mean, rule_score))
+
+    def question(self, key: str) -> QuestionStats:
+        return self.questions.setdefault(key, QuestionStats())
+
+    def summary(self, step: int) -> RunStep:
+        n = max(1, self.items)
+        return RunStep(
+            step=step,
+            items=self.items,
+            reward_mean=self.reward_sum / n,
+            response_chars_mean=self.chars_sum / n,
+            markdown_share=self.markdown / n,
+            repetition_mean=self.repetition_sum / n,
+            rule_auc=auc(self.rule_pairs),
+            questions={key: q.summary() for key, q in sorted(self.questions.items())},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepStats:
+        questions = {key: QuestionStats(**q) for key, q in data.pop("questions").items()}
+        pairs = [(float(p), float(r)) for p, r in data.pop("rule_pairs")]
+        return cls(**data, rule_pairs=pairs, questions=questions)
