@@ -47,23 +47,23 @@ test: install
 # front extra (remote backend) runs without torch.
 WHEEL_CHECK := build/wheel-check
 check-wheel: install
-	rm -rf $(WHEEL_CHECK) dist
-	$(BIN)/python -m build --outdir dist . > /dev/null
+	rm -rf $(WHEEL_CHECK)
+	$(BIN)/python -m build --outdir $(WHEEL_CHECK)/dist . > /dev/null
 	$(PYTHON) -m venv $(WHEEL_CHECK)/client
-	$(WHEEL_CHECK)/client/bin/python -m pip install -q dist/rlme-*.whl
+	$(WHEEL_CHECK)/client/bin/python -m pip install -q $(WHEEL_CHECK)/dist/rlme-*.whl
 	$(WHEEL_CHECK)/client/bin/python -c "import sys, rlme.client; assert 'torch' not in sys.modules"
 	! $(WHEEL_CHECK)/client/bin/rlme --help 2> $(WHEEL_CHECK)/hint.txt
 	grep -q "pip install 'rlme\[service\]'" $(WHEEL_CHECK)/hint.txt
 	$(PYTHON) -m venv $(WHEEL_CHECK)/server
 	$(WHEEL_CHECK)/server/bin/python -m pip install -q torch==2.13.0
-	$(WHEEL_CHECK)/server/bin/python -m pip install -q "$$(ls dist/rlme-*.whl)[service]"
+	$(WHEEL_CHECK)/server/bin/python -m pip install -q "$$(ls $(WHEEL_CHECK)/dist/rlme-*.whl)[service]"
 	$(WHEEL_CHECK)/server/bin/python -c "import torch; assert torch.__version__.endswith('+cpu')"
 	$(WHEEL_CHECK)/server/bin/rlme --help > /dev/null
 	$(WHEEL_CHECK)/server/bin/rlme --version
 	$(PYTHON) -m venv $(WHEEL_CHECK)/front
-	$(WHEEL_CHECK)/front/bin/python -m pip install -q "$$(ls dist/rlme-*.whl)[front]"
+	$(WHEEL_CHECK)/front/bin/python -m pip install -q "$$(ls $(WHEEL_CHECK)/dist/rlme-*.whl)[front]"
 	$(WHEEL_CHECK)/front/bin/python tests/front_check.py "$$($(BIN)/python -c 'from rlme.service.model_store import EMBEDDED, resolve_model; from rlme.service.settings import Settings; print(resolve_model(EMBEDDED, Settings.load().cache_dir))')"
-	@echo "wheel check passed: $$(ls dist)"
+	@echo "wheel check passed: $$(ls $(WHEEL_CHECK)/dist)"
 	rm -rf $(WHEEL_CHECK)
 
 # mypy cannot follow the editable install's folder mapping (service/ -> rlme.service),

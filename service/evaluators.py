@@ -133,7 +133,7 @@ class Evaluator:
         while it loads (a remote pool waiting for its servers included), 503 not retryable
         once it failed: a wrong model folder does not heal by retrying."""
         status = self.status()
-        if status.startswith("loading"):
+        if not status.startswith("failed to load"):  # loading, or checking its labels
             return NotReady(f"evaluator {self.name!r} is {status}")
         return EvaluatorBroken(
             f"evaluator {self.name!r} is not usable: {status}. Fix its configuration and restart the "

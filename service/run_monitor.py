@@ -64,7 +64,12 @@ class RunMonitor:
             while len(steps) > self.config.max_steps:
                 del steps[min(steps)]
             self._save(run, step, stats)
-        level = self.report(run).alarm  # type: ignore[union-attr]
+            # The alarm reads only the first and last `window` steps: summarise just those.
+            keys = sorted(steps)
+            window = self.thresholds.window
+            ends = keys if len(keys) <= 2 * window else keys[:window] + keys[-window:]
+            summaries = [steps[s].summary(s) for s in ends]
+        level = run_alarm(signals(summaries, self.thresholds))
         self._metrics.run_alarm.labels(run).set(LEVELS.index(level))
         return level
 
@@ -122,6 +127,7 @@ class RunMonitor:
             )
             self._db.commit()
         except sqlite3.Error as exc:  # monitoring must never fail a reward request
+            self._db.rollback()
             log.error("run monitor: could not persist run %r step %d: %s", run, step, exc)
 
 

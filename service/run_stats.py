@@ -30,13 +30,24 @@ def repetition(text: str) -> float:
 
 def auc(pairs: list[tuple[float, float]]) -> float | None:
     """P(score of a passing item > score of a failing one), ties counting half: the
-    Mann-Whitney AUC of p_yes against rule_score >= 0.5. None without both classes."""
-    passing = [p for p, rule in pairs if rule >= 0.5]
-    failing = [p for p, rule in pairs if rule < 0.5]
+    Mann-Whitney AUC of p_yes against rule_score >= 0.5, from mid-ranks (n log n). None
+    without both classes."""
+    passing = sum(rule >= 0.5 for _, rule in pairs)
+    failing = len(pairs) - passing
     if not passing or not failing:
         return None
-    wins = sum((a > b) + 0.5 * (a == b) for a in passing for b in failing)
-    return wins / (len(passing) * len(failing))
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
+    ranks = [0.0] * len(pairs)
+    start = 0
+    while start < len(order):  # tied scores share their mean rank
+        end = start
+        while end + 1 < len(order) and pairs[order[end + 1]][0] == pairs[order[start]][0]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    rank_sum = sum(r for r, (_, rule) in zip(ranks, pairs, strict=True) if rule >= 0.5)
+    return (rank_sum - passing * (passing + 1) / 2) / (passing * failing)
 
 
 @dataclass

@@ -8,6 +8,7 @@ meet in the evaluator's batcher.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from rlme.service.reward_math import log_p_yes, weighted_reward
 from rlme.service.run_monitor import RunMonitor
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
+
+log = logging.getLogger(__name__)
 
 # Rendering many items blocks the event loop; above this many texts, use a thread.
 _INLINE_RENDER_LIMIT = 64
@@ -145,8 +148,7 @@ class RewardScorer:
     async def score(self, request: RewardRequest, tenant: str = "anonymous") -> RewardResponse:
         plan = self.plan(request)
         evaluations = len(request.items) * len(plan.questions) * len(plan.evaluators)
-        await self.tenants.admit(tenant, evaluations)
-        self.tenants.enqueued(tenant, evaluations)
+        await self.tenants.admit(tenant, evaluations)  # reserves them in the tenant's queue
         queued = self.metrics.tenant_queued.labels(tenant)
         queued.inc(evaluations)
         try:
@@ -161,7 +163,11 @@ class RewardScorer:
         """Give a run's scored request to the run monitor; the run's alarm (None: no run)."""
         if self.monitor is None or request.run is None:
             return None
-        return self.monitor.observe(request, response.results)
+        try:
+            return self.monitor.observe(request, response.results)
+        except Exception:  # the rewards are scored and right: monitoring must not fail them
+            log.exception("run monitor failed on run %r; the request is answered without it", request.run)
+            return None
 
     async def _score(self, request: RewardRequest, plan: Plan, tenant: str) -> RewardResponse:
         deadline = time.monotonic() + self.settings.limits.request_timeout_s

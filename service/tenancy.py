@@ -20,8 +20,7 @@ class Tenants:
     def __init__(self, settings: Settings, on_store_error: Callable[[], None] | None = None) -> None:
         self._configs = settings.tenants
         self._default = settings.default_tenant
-        self.rates = rate_store(settings.rate_store)
-        self._on_store_error = on_store_error
+        self.rates = rate_store(settings.rate_store, on_store_error)
         self.queued: dict[str, int] = {}
 
     def config(self, tenant: str) -> TenantConfig:
@@ -31,7 +30,8 @@ class Tenants:
         return self.config(tenant).weight
 
     async def admit(self, tenant: str, evaluations: int) -> None:
-        """Raise Overloaded (429) if `evaluations` more would break the tenant's limits."""
+        """Reserve `evaluations` in the tenant's queue, or raise Overloaded (429) if they
+        would break its limits. The caller must `dequeued()` them when done."""
         config = self.config(tenant)
         limit = config.max_queued_evaluations
         if limit is not None:
@@ -45,6 +45,15 @@ class Tenants:
                     f"tenant {tenant!r} has {self.queued.get(tenant, 0)} evaluations queued (limit {limit})",
                     retry_after_s=1.0,
                 )
+        # Reserved before the rate check awaits (Redis): concurrent requests see it.
+        self.enqueued(tenant, evaluations)
+        try:
+            await self._take_rate(tenant, config, evaluations)
+        except BaseException:
+            self.dequeued(tenant, evaluations)
+            raise
+
+    async def _take_rate(self, tenant: str, config: TenantConfig, evaluations: int) -> None:
         rate = config.max_evaluations_per_s
         if rate is not None:
             capacity = float(config.burst_evaluations or max(1.0, 10 * rate))
@@ -53,10 +62,7 @@ class Tenants:
                     f"this request needs {evaluations} evaluations; tenant {tenant!r} may burst "
                     f"at most {int(capacity)}: send fewer items per request"
                 )
-            errors = self.rates.errors
             wait = await self.rates.take(tenant, rate, capacity, evaluations)
-            if self.rates.errors > errors and self._on_store_error is not None:
-                self._on_store_error()
             if wait > 0:
                 raise Overloaded(f"tenant {tenant!r} is over its {rate:g} evaluations/s", retry_after_s=wait)
 

@@ -4,6 +4,7 @@ content, so every venv on a machine shares it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -50,9 +51,14 @@ def test_a_missing_folder_says_so(tmp_path: Path) -> None:
 
 def test_the_conversion_key_is_the_files_content_not_its_path(tmp_path: Path) -> None:
     first, second = tmp_path / "venv-a" / "m.gguf", tmp_path / "venv-b" / "m.gguf"
+    memo = tmp_path / "cache" / ".sha256.json"
     for path in (first, second):
         path.parent.mkdir()
         path.write_bytes(b"GGUF" + bytes(range(256)) * 9000)
-    assert _content_key(first) == _content_key(second)
-    second.write_bytes(b"GGUF" + bytes(range(256)) * 9001)
-    assert _content_key(first) != _content_key(second)
+    assert _content_key(first, memo) == _content_key(second, memo)
+    assert len(json.loads(memo.read_text())) == 2  # remembered per path
+    # Same size, same ends, one byte changed in the middle: another model.
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 1
+    second.write_bytes(bytes(data))
+    assert _content_key(first, memo) != _content_key(second, memo)

@@ -28,15 +28,16 @@ def test_token_bucket_refills_at_its_rate() -> None:
 
 async def test_queued_limit_and_oversized_requests() -> None:
     tenants = Tenants(service_settings(tenants={"a": {"max_queued_evaluations": 4}}))
-    await tenants.admit("a", 4)
-    tenants.enqueued("a", 4)
+    await tenants.admit("a", 4)  # reserves 4
     with pytest.raises(Overloaded):
         await tenants.admit("a", 1)
     tenants.dequeued("a", 4)
     await tenants.admit("a", 1)
+    tenants.dequeued("a", 1)
     with pytest.raises(InvalidRequest, match="at most 4"):
         await tenants.admit("a", 5)  # could never fit: not retryable
     await tenants.admit("someone-else", 1000)  # default tenant: unlimited
+    assert tenants.queued["a"] == 0  # a refused request reserves nothing
 
 
 @pytest.fixture

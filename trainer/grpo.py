@@ -147,7 +147,8 @@ class TrainConfig:
     """How long to wait at start for the service's /health to report ready."""
     run: str | None = None
     """Run id for the service's run monitor (reward requests carry it and the step; the alarm
-    is logged as `monitor/alarm` and shown in the progress bar). null: output_dir's folder name."""
+    is logged as `monitor/alarm` and shown in the progress bar). null: output_dir's folder name
+    and the start time, made once and kept in output_dir/config.json, so a resumed run keeps it."""
     output_dir: str = "runs/grpo"
     """metrics.jsonl, samples.jsonl, tb/ (TensorBoard), rewards.png and checkpoints/ go here."""
     checkpoint_every: int = 0
@@ -184,6 +185,11 @@ class TrainConfig:
             raise ValueError(
                 f"resume: {self.resume} is not a checkpoint of this trainer (no trainer_state.pt there); "
                 "checkpoints are written to output_dir/checkpoints/step_NNNNNN (checkpoint_every, save_final)"
+            )
+        if self.sft_steps and self.kl_coef > 0:
+            raise ValueError(
+                "sft_steps with kl_coef > 0: the KL term's reference is the initial policy, so it would "
+                "pull the policy back from its SFT warm-up; use kl_coef: 0 with sft_steps"
             )
         if self.sft_steps and self.reward != "r_align":
             raise ValueError("sft_steps is the 'r_align' warm-up on gold judgments; other rewards have none")
@@ -450,19 +456,30 @@ def compute_rewards(
 
 
 def run_id(cfg: TrainConfig) -> str:
-    """`run`, else the output folder's name, as a run id the service accepts."""
+    """`run` as a run id the service accepts (train() fills it in when it is null)."""
     name = cfg.run or Path(cfg.output_dir).resolve().name
     cleaned = re.sub(r"[^A-Za-z0-9._:-]", "-", name).lstrip("._:-")[:64]
     return cleaned or "run"
 
 
+def new_run_id(cfg: TrainConfig, out: Path) -> str:
+    """The run id of an earlier run in `out` being resumed, else a new one: the folder's
+    name and the start time, so two runs into one folder never share statistics."""
+    previous = out / "config.json"
+    if cfg.resume and previous.is_file():
+        earlier = json.loads(previous.read_text()).get("run")
+        if earlier:
+            return str(earlier)
+    return f"{Path(cfg.output_dir).resolve().name[:48]}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def monitor_alarm(client: Any, cfg: TrainConfig) -> str | None:
     """The service's alarm for this run (ok / watch / alarm), None where it has no monitor."""
-    from rlme.client import APIStatusError
+    from rlme.client import RLMEError
 
     try:
         return str(client.run_report(run_id(cfg)).alarm)
-    except APIStatusError:  # an older service, or a test double
+    except RLMEError:  # an older service, a test double, a hiccup: it is only a report
         return None
 
 
@@ -585,6 +602,8 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
         sft = sft_warmup(model, tokenizer, rows, cfg)
         print(f"SFT warm-up: {len(sft)} steps, loss {sft[0]:.3f} -> {sft[-1]:.3f}")
 
+    if cfg.run is None:
+        cfg.run = new_run_id(cfg, out)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     for name in ("metrics.jsonl", "samples.jsonl"):  # a resumed run redoes later steps; a new one all
         write_jsonl(out / name, [r for r in read_jsonl(out / name) if r["step"] < start])

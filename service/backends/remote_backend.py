@@ -65,6 +65,10 @@ class ReplicaError(Exception):
     """The replica could not answer; the work may succeed on another one."""
 
 
+class ReplicaBusy(ReplicaError):
+    """The replica answered 429/408: back off and try again, but it is not broken."""
+
+
 class ReplicaMismatch(ValueError):
     """The replica serves a different tokenizer or model; it must not be used."""
 
@@ -119,11 +123,13 @@ class RemoteBackend(EventLoopState):
             self._tokenizer = tokenizer
             key = self.options.api_key
             if key is None and self.options.api_key_env is not None:
-                key = os.environ.get(self.options.api_key_env)
-                if not key:
-                    raise ValueError(
-                        f"evaluator {self.config.name!r}: remote.api_key_env names "
-                        f"${self.options.api_key_env}, which is not set"
+                key = os.environ.get(self.options.api_key_env) or None
+                if key is None:  # e.g. an optional Secret key that is not there: no key
+                    log.warning(
+                        "evaluator %r: remote.api_key_env names $%s, which is not set; "
+                        "calling the servers without a key",
+                        self.config.name,
+                        self.options.api_key_env,
                     )
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             self._client = httpx.AsyncClient(
@@ -280,8 +286,10 @@ class RemoteBackend(EventLoopState):
         """No replica can take the work now: wait `delay`, re-check them all and say whether
         to try again (False once `failover_wait_s` has passed). A vllm-router in front of
         the servers needs this: it answers 5xx while it fails over from a dead server."""
-        if time.monotonic() - started + delay > self.options.failover_wait_s:
+        remaining = self.options.failover_wait_s - (time.monotonic() - started)
+        if remaining <= 0:
             return False
+        delay = min(delay, remaining)
         log.warning("evaluator %r: no replica could do the work (%s); retrying in %.1f s",
                     self.config.name, "; ".join(errors[-3:]), delay)  # fmt: skip
         await asyncio.sleep(delay)
@@ -293,13 +301,15 @@ class RemoteBackend(EventLoopState):
         whose replica fails moves on to each of its tasks' next replica in route order."""
         results: list[Any] = [None] * len(tasks)
         pending, failed, errors = list(range(len(tasks))), set[str](), list[str]()
-        started, delay = time.monotonic(), 0.5
+        outage: float | None = None  # when no replica could first take a task
+        delay = 0.5
         while pending:
             groups: dict[str, tuple[Replica, list[int]]] = {}
             for i in pending:
                 replica = next((r for r in self.route(tasks[i]) if r.up and r.url not in failed), None)
                 if replica is None:  # no replica left for this task: wait for one, then retry all
-                    if not await self._failover(started, errors, delay):
+                    outage = outage or time.monotonic()
+                    if not await self._failover(outage, errors, delay):
                         raise ReplicaError(
                             "no remote replica could do the work: " + ("; ".join(errors) or "none is up")
                         )
@@ -328,7 +338,8 @@ class RemoteBackend(EventLoopState):
         pending = []
         for (replica, group), outcome in zip(groups.values(), outcomes, strict=True):
             if isinstance(outcome, ReplicaError):
-                self._take_out(replica, str(outcome))
+                if not isinstance(outcome, ReplicaBusy):  # a busy replica stays in the pool
+                    self._take_out(replica, str(outcome))
                 failed.add(replica.url)
                 errors.append(f"{replica.url}: {outcome}")
                 pending += group
@@ -378,7 +389,9 @@ class RemoteBackend(EventLoopState):
                 answer = await client.post(f"{replica.url}/v1/completions", json=body)
             except httpx.TransportError as exc:  # refused, reset, timed out
                 raise ReplicaError(repr(exc)) from exc
-        if answer.status_code >= 500 or answer.status_code in (408, 429):
+        if answer.status_code in (408, 429):
+            raise ReplicaBusy(f"/v1/completions answered {answer.status_code}")
+        if answer.status_code >= 500:
             raise ReplicaError(f"/v1/completions answered {answer.status_code}")
         if answer.status_code != 200:  # our request is wrong; another replica would say the same
             raise ValueError(
