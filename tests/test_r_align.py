@@ -87,6 +87,29 @@ def test_reward_is_label_gated_and_failed_alignment_checks_are_not_numbers(tmp_p
     assert metrics["r_align/p_aligned_mean"] == pytest.approx(0.8)
 
 
+def test_a_right_verdict_without_a_rationale_gets_no_alignment_credit() -> None:
+    rows = read_rows(SHIPPED)[:2]
+    texts = [f"Verdict: {rows[0].label}", f"  \nVerdict: {rows[1].label}"]
+    fake = FakeRewardService(p_yes=0.9)
+    cfg = TrainConfig(reward="r_align", rlvr_weight=1.0, rlme_weight=2.0)
+    with fake.client() as client:
+        values, metrics = rewards(client, cfg, rows, texts)
+    assert values.tolist() == [1.0, 1.0]  # the label's weight only
+    assert fake.requests == []  # the aligner is not asked about nothing
+
+
+def test_the_audit_counts_an_empty_rationale_as_misaligned() -> None:
+    from rlme.trainer.audit import align
+
+    class NoCalls:  # a test double: the aligner must not be asked
+        def rewards(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("asked the aligner about an empty rationale")
+
+    record = {"status": "ok", "rationale": "  ", "verdict": "A", "label_correct": True}
+    align(NoCalls(), [record], None, 0.5)
+    assert record["aligned"] is False and record["alignment_p"] is None
+
+
 def test_alignment_item_is_the_audits_layout() -> None:
     row = read_rows(SHIPPED)[0]
     item = alignment_item(row, "  Because of X.  \nVerdict: B")

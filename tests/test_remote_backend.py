@@ -214,6 +214,7 @@ def vllm_router(port: int, servers: list[VLLMServer], log: Path) -> Iterator[str
         "--worker-urls", *[s.url for s in servers], "--policy", "cache_aware",
         "--worker-startup-check-interval", "1", "--health-check-interval-secs", "2",
         "--cb-failure-threshold", "3", "--log-level", "warning",
+        "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),  # one per router
     ]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)

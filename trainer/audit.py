@@ -9,7 +9,9 @@ JSONL file of {prompt, response_a, response_b, label: "A"|"B", gold_rationale,
 2. an *aligner* evaluator reads the judge's rationale (from the order that shows A
    first, so "A" and "B" mean what they mean in the gold rationale) beside the gold
    rationale and answers RLME's meta-question ALIGNMENT_QUESTION through POST
-   /v1/rewards; P(yes) >= `threshold` counts as aligned (the probability is kept).
+   /v1/rewards; P(yes) >= `threshold` counts as aligned (the probability is kept). A
+   label-correct verdict with an empty rationale names no reason: misaligned, without
+   asking the aligner (a weak aligner says "Yes" to nothing at all).
 
 Definitions, as in the R-Align authors' evaluation code:
 - label accuracy = label-correct / total;
@@ -181,7 +183,14 @@ def judge_rows(
 
 def align(client: Any, records: list[dict[str, Any]], aligner: str | None, threshold: float) -> None:
     """P(aligned) for every record with a verdict (label-wrong ones too, for the histogram)."""
-    todo = [r for r in records if r["status"] == "ok"]
+    todo = []
+    for record in records:
+        if record["status"] != "ok":
+            continue
+        if not record["rationale"].strip():  # names no reason: misaligned, nothing to ask
+            record.update(alignment_p=None, aligned=False)
+        else:
+            todo.append(record)
     if not todo:
         return
     items = [

@@ -13,9 +13,12 @@ with w_label = `rlvr_weight`, w_align = `rlme_weight`, and P(aligned) the aligne
 evaluator's P(yes) to the audit's ALIGNMENT_QUESTION, the gold rationale as `reference`
 (the same item layout as the audit, so the training signal is what the audit measures).
 The alignment term is asked only for label-correct judgments: a wrong verdict earns
-nothing, whatever its reasons. An alignment check the aligner could not make (labels got
-less than its `min_label_mass`) is not a number: that judgment is left out of its group's
-advantages (advantage 0) and counted in `r_align/alignment_failures`.
+nothing, whatever its reasons; a right verdict with no rationale before it gets
+P(aligned) = 0 (a first CPU run without this rule learned to write only "Verdict: A",
+which the 135M aligner still called aligned about half the time). An alignment check
+the aligner could not make (labels got less than its `min_label_mass`) is not a number:
+that judgment is left out of its group's advantages (advantage 0) and counted in
+`r_align/alignment_failures`.
 
 Rows whose index is a multiple of `held_out_every` are never trained on; the trainer
 writes them to OUTPUT/held_out.jsonl so the audit can be run on them before and after.
@@ -108,7 +111,12 @@ def rewards(
 
     correct = [judge_verdict_rule(y, row.label) for row, y in zip(rows, texts, strict=True)]
     aligned: list[float | None] = [None] * len(texts)
-    todo = [i for i, c in enumerate(correct) if c]
+    # A judgment with no rationale names no reason: it cannot be aligned (the aligner is not
+    # asked; a weak one says "Yes" to an empty rationale, and a policy learns to drop it).
+    for i, y in enumerate(texts):
+        if correct[i] and not rationale_of(y):
+            aligned[i] = 0.0
+    todo = [i for i, c in enumerate(correct) if c and aligned[i] is None]
     failures = 0
     if todo and cfg.rlme_weight != 0:
         questions = cfg.questions or [ALIGNMENT]
@@ -135,6 +143,13 @@ def rewards(
         "r_align/alignment_failures": float(failures),
     }
     return torch.tensor(values, dtype=torch.float32), metrics
+
+
+def rationale_of(judgment: str) -> str:
+    """The text before the judgment's last verdict cue, stripped."""
+    from rlme.service.judges import PAIRWISE, split_verdict
+
+    return split_verdict(judgment, PAIRWISE.cue, PAIRWISE.labels)[0].strip()
 
 
 def _parsed(text: str) -> bool:
