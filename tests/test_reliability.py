@@ -198,7 +198,7 @@ def test_fuzzed_requests_never_get_a_5xx(server: ThreadedServer) -> None:
     operations = [op.ok() for op in schema.get_all_operations() if not op.ok().path.startswith("/admin")]
     # rewards, two framework routes, health, metrics, evaluators, rubrics; judgments,
     # comparisons, meta-judgments, judges
-    assert len(operations) == 12
+    assert len(operations) == 14
     for operation in operations:
         # A valid judge request writes text (seconds on a CPU, even with the test limits).
         writes = operation.method.upper() == "POST" and operation.path in JUDGE_ROUTES

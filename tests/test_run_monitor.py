@@ -136,5 +136,8 @@ async def test_a_run_is_monitored_over_http_and_survives_a_restart(tmp_path: Pat
         restarted.router.lifespan_context(restarted),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=restarted), base_url="http://t") as client,
     ):
+        # Let the model finish loading: an abandoned load goes on in its thread, and two
+        # loads at once in one process trip over torch's global device context.
+        await restarted.state.loading
         again = (await client.get("/v1/runs/exp-1")).json()
     assert again["steps"] == report["steps"]
