@@ -122,7 +122,7 @@ def signals(steps: Sequence[RunStep], th: Thresholds) -> list[Signal]:
 
 def run_alarm(found: Sequence[Signal]) -> Alarm:
     """The highest level; drift and a fallen rule agreement together make an alarm."""
-    level = max((s.level for s in found), key=LEVELS.index, default="ok")
+    level: Alarm = max((s.level for s in found), key=LEVELS.index, default="ok")
     watching = {s.name for s in found if s.level == "watch"}
     if {"drift", "rule_agreement"} <= watching:
         level = "alarm"

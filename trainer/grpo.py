@@ -422,7 +422,7 @@ def compute_rewards(
     metrics: dict[str, float] = {}
     if w_rlme != 0:
         needs_reference = any(q.requires_reference for q in questions)
-        items = [
+        items: list[dict[str, Any]] = [
             {"prompt": p, "response": y, "reference": ref if (anchor or needs_reference) else None}
             for p, y, ref, anchor in zip(prompts, texts, references, anchored, strict=True)
         ]
