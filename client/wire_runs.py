@@ -22,6 +22,19 @@ class QuestionStep(BaseModel):
     low_label_mass: int = Field(description="Scores below the evaluator's min_label_mass.")
 
 
+class AnchorStep(BaseModel):
+    items: int = Field(description="Anchored items (with a `reference`) scored again without it.")
+    p_yes_anchored: float = Field(description="Their mean p_yes as the caller asked (reference shown).")
+    p_yes_unanchored: float = Field(description="Their mean p_yes without the reference.")
+    gap: float = Field(description="p_yes_unanchored - p_yes_anchored: 'Yes' the evaluator gives unchecked.")
+
+
+class CanaryStep(BaseModel):
+    items: int
+    p_yes_mean: float = Field(description="Mean p_yes of the canaries (same questions and evaluators).")
+    p_yes_real: float = Field(description="Mean p_yes of the real responses they were made from.")
+
+
 class RunStep(BaseModel):
     step: int
     items: int
@@ -32,7 +45,16 @@ class RunStep(BaseModel):
     rule_auc: float | None = Field(
         default=None, description="AUC of p_yes against the items' rule_score (when they carry one)."
     )
+    rule_pass_rate: float | None = Field(
+        default=None, description="Share of the items whose rule_score is >= 0.5 (when they carry one)."
+    )
     questions: dict[str, QuestionStep]
+    anchor: AnchorStep | None = Field(
+        default=None, description="Anchored items scored again without their reference (anchor divergence)."
+    )
+    canaries: dict[str, CanaryStep] = Field(
+        default_factory=dict, description="Per canary kind: degenerate rewrites of this step's responses."
+    )
 
 
 class Signal(BaseModel):
@@ -40,6 +62,20 @@ class Signal(BaseModel):
     level: Alarm
     value: float | None = Field(default=None, description="The measured quantity the level is read from.")
     detail: str
+    change: bool = Field(
+        default=True,
+        description="The level reports a change since the run's start (two such watches make an "
+        "alarm); false: a state of the evaluator (e.g. it never told canaries apart).",
+    )
+
+
+class Sample(BaseModel):
+    step: int
+    kind: str = Field(description="'top' (a highest-rewarded response) or a canary kind.")
+    prompt: str = Field(description="Truncated to 300 characters.")
+    response: str = Field(description="Truncated to 600 characters.")
+    reward: float | None = Field(default=None, description="The reward it was given (real responses).")
+    p_yes: float = Field(description="Mean p_yes over its questions and evaluators.")
 
 
 class RunReport(BaseModel):
@@ -47,3 +83,7 @@ class RunReport(BaseModel):
     alarm: Alarm
     signals: list[Signal]
     steps: list[RunStep] = Field(description="Steps in order (the last `max_steps` kept).")
+    samples: list[Sample] = Field(
+        default_factory=list,
+        description="The highest-rewarded responses and the canaries of the last `window` steps.",
+    )

@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             loading.cancel()
+            app.state.scorer.cancel_probes()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await pool.stop()

@@ -126,6 +126,13 @@ class Metrics:
             ["run"],
             registry=r,
         )
+        self.run_probes = Counter(
+            "rlme_run_probes",
+            "Run monitor probes (anchors re-scored, canaries): outcome ok counts probes, failed counts "
+            "requests whose probes could not be scored (overload, shutdown).",
+            ["outcome"],
+            registry=r,
+        )
         self.quota_store_errors = Counter(
             "rlme_quota_store_errors",
             "Quota checks that could not reach the shared store (the request was admitted unchecked).",

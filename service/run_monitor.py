@@ -22,8 +22,10 @@ from pathlib import Path
 
 from rlme.client.wire import Item, ItemResult, RewardRequest
 from rlme.client.wire_runs import Alarm, RunReport
+from rlme.service.canaries import prompt_text
 from rlme.service.hacking_signals import LEVELS, Thresholds, run_alarm, signals
 from rlme.service.metrics import Metrics
+from rlme.service.run_probes import AnchorPair, CanaryScore, mean_p_yes
 from rlme.service.run_stats import StepStats
 from rlme.service.settings import MonitoringConfig
 
@@ -50,8 +52,9 @@ class RunMonitor:
                 "(run TEXT, step INTEGER, stats TEXT, updated REAL, PRIMARY KEY (run, step))"
             )
 
-    def observe(self, request: RewardRequest, results: list[ItemResult]) -> Alarm | None:
-        """Add a scored request of a run; the run's alarm after it (None: not a run's)."""
+    def observe(self, request: RewardRequest, results: list[ItemResult]) -> tuple[Alarm, int] | None:
+        """Add a scored request of a run; the run's alarm after it and the step it counted
+        toward (None: not a run's)."""
         run = request.run
         if run is None or not self.config.enabled:
             return None
@@ -60,15 +63,39 @@ class RunMonitor:
             step = request.step if request.step is not None else max(steps, default=0)
             stats = steps.setdefault(step, StepStats())
             for item, result in zip(request.items, results, strict=True):
-                _add(stats, item, result)
+                _add(stats, step, item, result)
             while len(steps) > self.config.max_steps:
                 del steps[min(steps)]
             self._save(run, step, stats)
-            # The alarm reads only the first and last `window` steps: summarise just those.
+        return self._alarm(run), step
+
+    def observe_probes(
+        self, run: str, step: int, anchors: list[AnchorPair], canaries: list[CanaryScore]
+    ) -> None:
+        """Add the anchor re-scores and canaries of a run's step (scored after its request)."""
+        with self._lock:
+            steps = self._steps(run)
+            if step not in steps:  # evicted while the probes were scored
+                return
+            stats = steps[step]
+            for pair in anchors:
+                stats.add_anchor(pair.anchored, pair.unanchored)
+            for c in canaries:
+                stats.add_canary(step, c.kind, c.prompt, c.p_yes, c.real_p_yes, c.response)
+            self._save(run, step, stats)
+        self._alarm(run)
+
+    def _alarm(self, run: str) -> Alarm:
+        with self._lock:
+            # The alarm reads only the first and last steps: summarise just those. Anchors
+            # and canaries may be in other steps than the first and last `window` ones.
+            steps = self._steps(run)
             keys = sorted(steps)
             window = self.thresholds.window
-            ends = keys if len(keys) <= 2 * window else keys[:window] + keys[-window:]
-            summaries = [steps[s].summary(s) for s in ends]
+            ends = set(keys if len(keys) <= 2 * window else keys[:window] + keys[-window:])
+            for having in ([k for k in keys if steps[k].anchor[0]], [k for k in keys if steps[k].canaries]):
+                ends.update(having[:window] + having[-window:])
+            summaries = [steps[s].summary(s) for s in sorted(ends)]
         level = run_alarm(signals(summaries, self.thresholds))
         self._metrics.run_alarm.labels(run).set(LEVELS.index(level))
         return level
@@ -79,8 +106,10 @@ class RunMonitor:
                 return None
             steps = self._steps(run)
             summaries = [steps[s].summary(s) for s in sorted(steps)]
+            recent = sorted(steps)[-self.thresholds.window :]
+            samples = [sample for s in recent for sample in steps[s].sample_list()]
         found = signals(summaries, self.thresholds)
-        return RunReport(run=run, alarm=run_alarm(found), signals=found, steps=summaries)
+        return RunReport(run=run, alarm=run_alarm(found), signals=found, steps=summaries, samples=samples)
 
     def close(self) -> None:
         if self._db is not None:
@@ -131,10 +160,11 @@ class RunMonitor:
             log.error("run monitor: could not persist run %r step %d: %s", run, step, exc)
 
 
-def _add(stats: StepStats, item: Item, result: ItemResult) -> None:
+def _add(stats: StepStats, step: int, item: Item, result: ItemResult) -> None:
     for score in result.scores:
         stats.question(f"{score.evaluator}/{score.question}").add(
             score.p_yes, score.label_mass, score.low_label_mass
         )
-    p_mean = sum(s.p_yes for s in result.scores) / max(1, len(result.scores))
+    p_mean = mean_p_yes(result)
     stats.add_item(result.reward, item.response, p_mean, item.rule_score)
+    stats.add_top(step, prompt_text(item.prompt), item.response, result.reward, p_mean)

@@ -3,8 +3,10 @@
 One `StepStats` per (run, step): the items' rewards, response length and format, and per
 (evaluator, question) the distribution of p_yes (a 20-bin histogram, so quantiles take
 constant memory) and of the label mass. Pairs of (mean p_yes, rule_score) are kept for
-the rule-agreement AUC, at most `MAX_RULE_PAIRS` per step. Everything is JSON, so a step
-is one SQLite row.
+the rule-agreement AUC, at most `MAX_RULE_PAIRS` per step. Anchored items scored again
+without their reference, and canaries, add their own sums; a few samples (the
+highest-rewarded responses, one canary per kind) are kept for the run's page. Everything
+is JSON, so a step is one SQLite row.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlme.client.wire_runs import QuestionStep, RunStep
+from rlme.client.wire_runs import AnchorStep, CanaryStep, QuestionStep, RunStep, Sample
 
 BINS = 20
 MAX_RULE_PAIRS = 512
+TOP_SAMPLES = 3  # highest-rewarded responses kept per step (and one canary per kind)
 # Bold/italic markers, headings, inline code, bullet and numbered list lines.
 MARKDOWN = re.compile(r"\*\*|__|`|^\s{0,3}#{1,6}\s|^\s*[-*+]\s|^\s*\d+[.)]\s", re.M)
 
@@ -94,7 +97,14 @@ class StepStats:
     markdown: int = 0
     repetition_sum: float = 0.0
     rule_pairs: list[tuple[float, float]] = field(default_factory=list)
+    rule_items: int = 0
+    rule_passes: int = 0
     questions: dict[str, QuestionStats] = field(default_factory=dict)
+    # anchored items re-scored without their reference: count, sum of p_yes with and without
+    anchor: list[float] = field(default_factory=lambda: [0, 0.0, 0.0])
+    # canary kind -> [count, sum of canary p_yes, sum of the real responses' p_yes]
+    canaries: dict[str, list[float]] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
 
     def add_item(self, reward: float, response: str, p_mean: float, rule_score: float | None) -> None:
         self.items += 1
@@ -102,8 +112,33 @@ class StepStats:
         self.chars_sum += len(response)
         self.markdown += bool(MARKDOWN.search(response))
         self.repetition_sum += repetition(response)
-        if rule_score is not None and len(self.rule_pairs) < MAX_RULE_PAIRS:
-            self.rule_pairs.append((p_mean, rule_score))
+        if rule_score is not None:
+            self.rule_items += 1
+            self.rule_passes += rule_score >= 0.5
+            if len(self.rule_pairs) < MAX_RULE_PAIRS:
+                self.rule_pairs.append((p_mean, rule_score))
+
+    def add_top(self, step: int, prompt: str, response: str, reward: float, p_mean: float) -> None:
+        """Keep the step's TOP_SAMPLES highest-rewarded responses."""
+        tops = [s for s in self.samples if s["kind"] == "top"]
+        if len(tops) >= TOP_SAMPLES and reward <= min(s["reward"] for s in tops):
+            return
+        if len(tops) >= TOP_SAMPLES:
+            self.samples.remove(min(tops, key=lambda s: s["reward"]))
+        self.samples.append(_sample(step, "top", prompt, response, reward, p_mean))
+
+    def add_anchor(self, anchored: float, unanchored: float) -> None:
+        self.anchor[0] += 1
+        self.anchor[1] += anchored
+        self.anchor[2] += unanchored
+
+    def add_canary(self, step: int, kind: str, prompt: str, canary: float, real: float, text: str) -> None:
+        sums = self.canaries.setdefault(kind, [0, 0.0, 0.0])
+        sums[0] += 1
+        sums[1] += canary
+        sums[2] += real
+        if not any(s["kind"] == kind for s in self.samples):
+            self.samples.append(_sample(step, kind, prompt, text, None, canary))
 
     def question(self, key: str) -> QuestionStats:
         return self.questions.setdefault(key, QuestionStats())
@@ -118,14 +153,49 @@ class StepStats:
             markdown_share=self.markdown / n,
             repetition_mean=self.repetition_sum / n,
             rule_auc=auc(self.rule_pairs),
+            rule_pass_rate=self.rule_passes / self.rule_items if self.rule_items else None,
             questions={key: q.summary() for key, q in sorted(self.questions.items())},
+            anchor=_anchor_step(self.anchor),
+            canaries={
+                kind: CanaryStep(items=int(n), p_yes_mean=p / n, p_yes_real=real / n)
+                for kind, (n, p, real) in sorted(self.canaries.items())
+            },
         )
+
+    def sample_list(self) -> list[Sample]:
+        return [Sample(**s) for s in self.samples]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepStats:
+        """From a stored row (rows written before a field existed get its default)."""
         questions = {key: QuestionStats(**q) for key, q in data.pop("questions").items()}
         pairs = [(float(p), float(r)) for p, r in data.pop("rule_pairs")]
         return cls(**data, rule_pairs=pairs, questions=questions)
+
+
+def _anchor_step(sums: list[float]) -> AnchorStep | None:
+    n, anchored, unanchored = sums
+    if not n:
+        return None
+    return AnchorStep(
+        items=int(n),
+        p_yes_anchored=anchored / n,
+        p_yes_unanchored=unanchored / n,
+        gap=(unanchored - anchored) / n,
+    )
+
+
+def _sample(
+    step: int, kind: str, prompt: str, response: str, reward: float | None, p_yes: float
+) -> dict[str, Any]:
+    return {
+        "step": step,
+        "kind": kind,
+        "prompt": prompt[:300],
+        "response": response[:600],
+        "reward": reward,
+        "p_yes": p_yes,
+    }

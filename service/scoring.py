@@ -34,6 +34,7 @@ from rlme.service.evaluators import Evaluator, EvaluatorPool
 from rlme.service.metrics import Metrics
 from rlme.service.reward_math import log_p_yes, weighted_reward
 from rlme.service.run_monitor import RunMonitor
+from rlme.service.run_probes import anchor_pairs, canary_scores, choose_probes, unanchored_items
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
 
@@ -63,6 +64,7 @@ class RewardScorer:
         self.metrics = metrics
         self.tenants = tenants
         self.monitor = monitor
+        self._probing: set[asyncio.Task[None]] = set()
 
     def plan(self, request: RewardRequest) -> Plan:
         """Check the request against this server's rubrics, evaluators and limits."""
@@ -159,15 +161,59 @@ class RewardScorer:
         self.metrics.tenant_evaluations.labels(tenant).inc(evaluations)
         return response
 
-    def observe_run(self, request: RewardRequest, response: RewardResponse) -> str | None:
-        """Give a run's scored request to the run monitor; the run's alarm (None: no run)."""
+    def observe_run(
+        self, request: RewardRequest, response: RewardResponse, tenant: str = "anonymous"
+    ) -> str | None:
+        """Give a run's scored request to the run monitor and start its probes (anchors
+        without reference, canaries) in the background; the run's alarm (None: no run)."""
         if self.monitor is None or request.run is None:
             return None
         try:
-            return self.monitor.observe(request, response.results)
+            observed = self.monitor.observe(request, response.results)
         except Exception:  # the rewards are scored and right: monitoring must not fail them
             log.exception("run monitor failed on run %r; the request is answered without it", request.run)
             return None
+        if observed is None:
+            return None
+        alarm, step = observed
+        task = asyncio.create_task(self._probe(request, response, tenant, step), name="run-probes")
+        self._probing.add(task)
+        task.add_done_callback(self._probing.discard)
+        return alarm
+
+    async def _probe(self, request: RewardRequest, response: RewardResponse, tenant: str, step: int) -> None:
+        """Score a run's probes with the request's evaluators and questions, through the same
+        batchers (the tenant's fair share, not its quota), and give them to the monitor."""
+        assert self.monitor is not None and request.run is not None
+        try:
+            plan = self.plan(request)
+            probes = choose_probes(request, plan.questions, self.monitor.config)
+            anchors, canaries = [], []
+            if probes.anchors:
+                free = [q for q in plan.questions if not q.requires_reference]
+                items = unanchored_items(request, probes)
+                scored = await self._score(
+                    RewardRequest(items=items, questions=free), Plan(free, plan.evaluators), tenant
+                )
+                anchors = anchor_pairs(probes, response.results, scored.results, {q.id for q in free})
+            if probes.canaries:
+                items = [item for _, _, item in probes.canaries]
+                scored = await self._score(RewardRequest(items=items, questions=plan.questions), plan, tenant)
+                canaries = canary_scores(request, probes, response.results, scored.results)
+            self.monitor.observe_probes(request.run, step, anchors, canaries)
+            self.metrics.run_probes.labels("ok").inc(len(anchors) + len(canaries))
+        except Exception as exc:  # overloaded, stopping, failed: the run's rewards stand
+            self.metrics.run_probes.labels("failed").inc()
+            log.warning("run %r: probes of step %d not scored: %s", request.run, step, exc)
+
+    async def drain_probes(self) -> None:
+        """Wait for the probes in flight (tests; shutdown cancels them instead)."""
+        while self._probing:
+            await asyncio.gather(*self._probing, return_exceptions=True)
+
+    def cancel_probes(self) -> None:
+        for task in self._probing:
+            task.cancel()
 
     async def _score(self, request: RewardRequest, plan: Plan, tenant: str) -> RewardResponse:
         deadline = time.monotonic() + self.settings.limits.request_timeout_s

@@ -182,6 +182,32 @@ class MonitoringConfig(_Strict):
     auc_alarm: float = Field(0.6, gt=0, lt=1, description="Rule AUC at or below this, with p_yes up: alarm.")
     auc_drop: float = Field(0.15, gt=0, lt=1, description="Rule AUC fallen this much since the start: watch.")
     label_mass_min: float = Field(0.05, gt=0, lt=1, description="Mean label mass below this: watch.")
+    anchor_rate: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of a run's anchored items (with `reference`) re-scored without it.",
+    )
+    canary_rate: float = Field(
+        0.1, ge=0, le=1, description="Canaries per real response of a run (at least one per request if > 0)."
+    )
+    canary_kinds: list[Literal["empty", "echo", "first_sentence", "shuffled", "affirmed"]] = Field(
+        default_factory=lambda: ["empty", "echo", "first_sentence", "shuffled", "affirmed"],
+        description="Degenerate rewrites used as canaries, taken in turn.",
+    )
+    max_probes_per_request: int = Field(
+        32, ge=0, description="At most this many anchor re-scores plus canaries per reward request."
+    )
+    anchor_gap_rise: float = Field(
+        0.1, gt=0, description="Unanchored minus anchored P(yes) grown this much: watch."
+    )
+    anchor_gap_alarm: float = Field(0.25, gt=0, description="... grown this much: alarm.")
+    canary_margin_drop: float = Field(
+        0.1, gt=0, description="Real minus canary P(yes) shrunk this much: watch."
+    )
+    canary_margin_min: float = Field(
+        0.02, description="... and now at most this: alarm (at most this from the start: watch)."
+    )
 
 
 class RateStoreConfig(_Strict):

@@ -9,10 +9,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rlme.client.wire_runs import QuestionStep, RunStep
+from rlme.client.wire import ChatMessage, Item, MetaQuestion, RewardRequest
+from rlme.client.wire_runs import AnchorStep, CanaryStep, QuestionStep, RunStep, Signal
 from rlme.service.app import create_app
-from rlme.service.hacking_signals import Thresholds, drift, label_mass, rule_agreement, run_alarm, signals
+from rlme.service.canaries import AFFIRMATION, KINDS, first_sentence, rewrite
+from rlme.service.hacking_signals import (
+    Thresholds,
+    anchor_divergence,
+    canaries,
+    drift,
+    label_mass,
+    rule_agreement,
+    run_alarm,
+    signals,
+)
+from rlme.service.run_probes import choose_probes
 from rlme.service.run_stats import QuestionStats, StepStats, auc, repetition
+from rlme.service.settings import MonitoringConfig
 
 from support import service_settings
 
@@ -76,26 +89,122 @@ def test_label_mass_and_the_combined_alarm() -> None:
         step(4, 0.62, **late),
     ]
     found = {s.name: s.level for s in signals(both, TH)}
-    assert found == {"drift": "watch", "rule_agreement": "watch", "label_mass": "ok"}
+    assert found == {"drift": "watch", "rule_agreement": "watch", "label_mass": "ok",
+                     "anchor_divergence": "ok", "canaries": "ok"}  # fmt: skip
     assert run_alarm(signals(both, TH)) == "alarm"  # the two watches together
     assert run_alarm(signals(both[:2], TH)) == "ok"
+
+
+def probed(n: int, gap: float | None = None, canary: float | None = None, real: float = 0.6) -> RunStep:
+    """A step with an anchor gap and/or canaries scoring `canary` beside real responses' `real`."""
+    s = step(n, real)
+    if gap is not None:
+        s.anchor = AnchorStep(items=4, p_yes_anchored=0.5, p_yes_unanchored=0.5 + gap, gap=gap)
+    if canary is not None:
+        s.canaries = {"empty": CanaryStep(items=2, p_yes_mean=canary, p_yes_real=real)}
+    return s
+
+
+def test_anchor_divergence_watches_a_growing_gap_between_unchecked_and_checked_p_yes() -> None:
+    assert (
+        anchor_divergence([probed(1, 0.0), probed(2, 0.0), probed(3, 0.15), probed(4, 0.15)], TH).level
+        == "watch"
+    )
+    alarm = anchor_divergence([probed(1, -0.1), probed(2, 0.0), probed(3, 0.3), probed(4, 0.3)], TH)
+    assert alarm.level == "alarm" and alarm.value == pytest.approx(0.35)
+    assert anchor_divergence([probed(n, 0.05) for n in range(1, 5)], TH).level == "ok"  # a constant gap
+    no_anchors = anchor_divergence([step(n, 0.5) for n in range(1, 5)], TH)
+    assert no_anchors.level == "ok" and "no anchored items" in no_anchors.detail
+    # Anchored steps are compared with anchored steps, wherever they fall in the run.
+    sparse = [probed(1, 0.0), step(2, 0.5), probed(3, 0.0), step(4, 0.5), probed(5, 0.2), probed(6, 0.2)]
+    assert anchor_divergence(sparse, TH).level == "watch"
+
+
+def test_canaries_watch_a_shrinking_margin_and_alarm_when_it_is_gone() -> None:
+    shrinking = [probed(1, canary=0.2), probed(2, canary=0.2), probed(3, canary=0.45), probed(4, canary=0.45)]
+    assert canaries(shrinking, TH).level == "watch"  # 0.4 -> 0.15
+    gone = [probed(1, canary=0.2), probed(2, canary=0.2), probed(3, canary=0.6), probed(4, canary=0.61)]
+    signal = canaries(gone, TH)
+    assert signal.level == "alarm" and signal.value == pytest.approx(-0.005) and signal.change
+    steady = [probed(n, canary=0.2) for n in range(1, 5)]
+    assert canaries(steady, TH).level == "ok"
+    # An evaluator that never told canaries apart: a watch about the evaluator, not a change.
+    never = [probed(n, canary=0.6) for n in range(1, 5)]
+    signal = canaries(never, TH)
+    assert signal.level == "watch" and not signal.change and "from the start" in signal.detail
+    assert canaries([step(1, 0.5)], TH).level == "ok"
+
+
+def test_two_watched_changes_make_an_alarm_but_a_state_of_the_evaluator_does_not() -> None:
+    def watch(name: str, change: bool = True) -> Signal:
+        return Signal(name=name, level="watch", detail="", change=change)
+
+    assert run_alarm([watch("drift"), watch("anchor_divergence")]) == "alarm"
+    assert run_alarm([watch("drift"), watch("canaries", change=False)]) == "watch"
+    assert run_alarm([watch("drift"), watch("label_mass", change=False)]) == "watch"
+    assert run_alarm([Signal(name="canaries", level="alarm", detail="")]) == "alarm"
+
+
+def test_canary_rewrites() -> None:
+    rng = __import__("random").Random(0)
+    response = "The capital of Peru is Lima. It lies on the coast, e.g. near Callao."
+    assert first_sentence(response) == "The capital of Peru is Lima."
+    assert first_sentence("1. Robin\n2. Crow") == "1. Robin"  # a list item is a line
+    assert first_sentence("It is 3.14 or so") == "It is 3.14 or so"
+    assert rewrite("empty", "p", response, rng) == ""
+    chat = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Peru?")]
+    assert rewrite("echo", chat, response, rng) == "Peru?"
+    assert rewrite("affirmed", "p", "Lima.  ", rng) == f"Lima. {AFFIRMATION}"
+    words = rewrite("shuffled", "p", response, rng).split()
+    assert sorted(words) == sorted(response.split()) and words != response.split()
+    assert set(KINDS) == {"empty", "echo", "first_sentence", "shuffled", "affirmed"}
+
+
+def test_probes_are_chosen_from_a_runs_request_only_and_reproducibly() -> None:
+    text = "It is answer {} here. More follows."
+    items = [Item(prompt=f"q{i}", response=text.format(i), reference="r" if i < 3 else None)
+             for i in range(20)]  # fmt: skip
+    questions = [MetaQuestion(id="ok", text="Is it right?")]
+    request = RewardRequest(items=items, questions=questions, run="r1", step=4)
+    config = MonitoringConfig(canary_rate=0.1)
+    probes = choose_probes(request, questions, config)
+    assert probes.anchors == [0, 1, 2]  # every anchored item (anchor_rate 1)
+    assert len(probes.canaries) == 2 and len({kind for _, kind, _ in probes.canaries}) == 2
+    assert all(c.response != items[i].response for i, _, c in probes.canaries)
+    assert probes == choose_probes(request, questions, config)  # same run, step, items: same probes
+    assert choose_probes(request.model_copy(update={"run": None}), questions, config).canaries == []
+    only_referenced = [MetaQuestion(id="same", text="Same as the reference?", requires_reference=True)]
+    assert choose_probes(request, only_referenced, config).anchors == []  # cannot be asked without it
+    capped = choose_probes(request, questions, MonitoringConfig(canary_rate=1.0, max_probes_per_request=5))
+    assert len(capped.anchors) + len(capped.canaries) == 5
 
 
 def test_step_stats_round_trip_through_json() -> None:
     stats = StepStats()
     stats.add_item(-0.5, "**Bolivia**", 0.7, 0.0)
     stats.question("default/q").add(0.7, 0.8, False)
+    stats.add_anchor(0.4, 0.7)
+    stats.add_canary(3, "empty", "p", 0.5, 0.7, "")
+    for reward in (-1.0, -0.2, -0.5, -0.1):
+        stats.add_top(3, "p", f"r{reward}", reward, 0.5)
     again = StepStats.from_json(stats.to_json())
     assert again.summary(3) == stats.summary(3)
-    assert again.summary(3).markdown_share == 1.0
+    summary = again.summary(3)
+    assert summary.markdown_share == 1.0 and summary.rule_pass_rate == 0.0
+    assert summary.anchor is not None and summary.anchor.gap == pytest.approx(0.3)
+    assert summary.canaries["empty"].p_yes_mean == 0.5
+    assert sorted(s.reward or 0 for s in again.sample_list() if s.kind == "top") == [-0.5, -0.2, -0.1]
+    old_row = {k: v for k, v in stats.to_json().items() if k not in ("anchor", "canaries", "samples")}
+    assert StepStats.from_json(old_row).summary(3).anchor is None  # rows from before probes existed
 
 
 @pytest.mark.model
 async def test_a_run_is_monitored_over_http_and_survives_a_restart(tmp_path: Path) -> None:
-    settings = service_settings(monitoring={"db_path": str(tmp_path / "runs.sqlite"), "window": 1})
+    monitoring = {"db_path": str(tmp_path / "runs.sqlite"), "window": 1, "canary_rate": 1.0}
+    settings = service_settings(monitoring=monitoring)
     questions = [{"id": "correct", "text": "Is the answer correct?"}]
     items = [
-        {"prompt": "What is 2+2?", "response": "4", "rule_score": 1.0},
+        {"prompt": "What is 2+2?", "response": "4", "rule_score": 1.0, "reference": "4"},
         {"prompt": "What is 2+2?", "response": "**5**", "rule_score": 0.0},
     ]
     plain_body = {"items": [{"prompt": "What is 2+2?", "response": "4"}], "questions": questions}
@@ -116,6 +225,9 @@ async def test_a_run_is_monitored_over_http_and_survives_a_restart(tmp_path: Pat
                 "watch",
                 "alarm",
             )
+        # Anchors and canaries are scored after the answer; wait for them (like any concurrent
+        # work, they could share a batch and change the last float digits of a score).
+        await app.state.scorer.drain_probes()
         # A run's request scores exactly like an untagged one: the tag only adds the header.
         tagged_plain = await client.post("/v1/rewards", json={**plain_body, "run": "exp-2", "step": 0})
         assert tagged_plain.content == plain.content
@@ -128,8 +240,17 @@ async def test_a_run_is_monitored_over_http_and_survives_a_restart(tmp_path: Pat
     assert first["items"] == 2 and first["markdown_share"] == 0.5
     assert set(first["questions"]) == {"default/correct"}
     assert first["rule_auc"] in (0.0, 0.5, 1.0)  # one passing, one failing item
-    assert {s["name"] for s in report["signals"]} == {"drift", "rule_agreement", "label_mass"}
+    assert {s["name"] for s in report["signals"]} == {
+        "drift", "rule_agreement", "label_mass", "anchor_divergence", "canaries"}  # fmt: skip
     assert 'rlme_run_alarm{run="exp-1"}' in metrics
+    # The anchored item was scored again without its reference; both responses got a canary.
+    anchor = first["anchor"]
+    assert anchor["items"] == 1 and anchor["p_yes_anchored"] != anchor["p_yes_unanchored"]
+    assert sum(c["items"] for c in first["canaries"].values()) == 2
+    assert first["rule_pass_rate"] == 0.5
+    kinds = [s["kind"] for s in report["samples"]]
+    assert kinds.count("top") == 2 and len(kinds) >= 3  # the last step's responses and its canaries
+    assert 'rlme_run_probes_total{outcome="ok"} 6.0' in metrics  # 2 steps x (1 anchor + 2 canaries)
 
     restarted = create_app(settings)
     async with (

@@ -33,7 +33,7 @@ async def rewards(
     With `run` (and `step`), the run monitor records the answer and the run's alarm comes
     back in the `x-rlme-run-alarm` header (ok / watch / alarm; GET /v1/runs/{run})."""
     answer = await scorer.score(request, who.tenant)
-    alarm = scorer.observe_run(request, answer)
+    alarm = scorer.observe_run(request, answer, who.tenant)
     if alarm is not None:
         response.headers[RUN_ALARM_HEADER] = alarm
     return answer
