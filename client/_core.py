@@ -231,6 +231,7 @@ class BaseClient:
         evaluators: Sequence[EvaluatorLike] | None,
         run: str | None = None,
         step: int | None = None,
+        calibrated: bool = False,
     ) -> list[RewardRequest]:
         """One validated request per chunk of `chunk_size` items."""
         parsed = [Item.model_validate(item) for item in items]
@@ -246,6 +247,7 @@ class BaseClient:
                 evaluators=evaluator_list,
                 run=run,
                 step=step,
+                calibrated=calibrated,
             )
             for start in range(0, len(parsed), self.chunk_size)
         ]

@@ -27,6 +27,8 @@ from ._core import (
 )
 from .errors import NotReadyError, RLMEError
 from .wire import (
+    CalibrationList,
+    CalibrationRequest,
     ComparisonRequest,
     ComparisonResponse,
     EvaluatorList,
@@ -101,10 +103,12 @@ class RewardClient(BaseClient):
         evaluators: Sequence[EvaluatorLike] | None = None,
         run: str | None = None,
         step: int | None = None,
+        calibrated: bool = False,
     ) -> RewardResponse:
         """Score `items`; one reward per item, in order. Give `questions` or `rubric`.
-        `run`/`step` tag the request for the service's run monitor (GET /v1/runs/{run})."""
-        requests = self._reward_requests(items, questions, rubric, evaluators, run, step)
+        `run`/`step` tag the request for the service's run monitor (GET /v1/runs/{run});
+        `calibrated` adds `p_yes_calibrated` to each score (see `calibrate`)."""
+        requests = self._reward_requests(items, questions, rubric, evaluators, run, step, calibrated)
         if len(requests) <= 1:
             return self._merge([self._post_rewards(request) for request in requests])
         pool = ThreadPoolExecutor(min(self.max_concurrency, len(requests)), "rlme-client")
@@ -161,6 +165,16 @@ class RewardClient(BaseClient):
     def run_report(self, run: str) -> RunReport:
         """GET /v1/runs/{run}: the run monitor's per-step statistics, signals and alarm."""
         return self._parse(RunReport, self._send(self._get(f"/v1/runs/{run}")))
+
+    def calibrate(self, items: Sequence[Any], **options: Any) -> CalibrationList:
+        """POST /v1/calibrations (admin key): fit p_yes calibrations from labelled items (each
+        with `label`), with `questions` or `rubric`, `evaluator`, `held_out_fraction`."""
+        request = CalibrationRequest(items=list(items), **options)
+        return self._parse(CalibrationList, self._send(self._post_model("/v1/calibrations", request)))
+
+    def calibrations(self) -> CalibrationList:
+        """GET /v1/calibrations: the fitted calibrations and their held-out ECE."""
+        return self._parse(CalibrationList, self._send(self._get("/v1/calibrations")))
 
     def health(self) -> Health:
         """One GET /health, without retries: a 503 "loading" report is returned, not raised."""
@@ -265,10 +279,12 @@ class AsyncRewardClient(BaseClient):
         evaluators: Sequence[EvaluatorLike] | None = None,
         run: str | None = None,
         step: int | None = None,
+        calibrated: bool = False,
     ) -> RewardResponse:
         """Score `items`; one reward per item, in order. Give `questions` or `rubric`.
-        `run`/`step` tag the request for the service's run monitor (GET /v1/runs/{run})."""
-        requests = self._reward_requests(items, questions, rubric, evaluators, run, step)
+        `run`/`step` tag the request for the service's run monitor (GET /v1/runs/{run});
+        `calibrated` adds `p_yes_calibrated` to each score (see `calibrate`)."""
+        requests = self._reward_requests(items, questions, rubric, evaluators, run, step, calibrated)
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def post(request: RewardRequest) -> RewardResponse:
@@ -332,6 +348,15 @@ class AsyncRewardClient(BaseClient):
     async def run_report(self, run: str) -> RunReport:
         """GET /v1/runs/{run} (see `RewardClient.run_report`)."""
         return self._parse(RunReport, await self._send(self._get(f"/v1/runs/{run}")))
+
+    async def calibrate(self, items: Sequence[Any], **options: Any) -> CalibrationList:
+        """POST /v1/calibrations (see `RewardClient.calibrate`)."""
+        request = CalibrationRequest(items=list(items), **options)
+        return self._parse(CalibrationList, await self._send(self._post_model("/v1/calibrations", request)))
+
+    async def calibrations(self) -> CalibrationList:
+        """GET /v1/calibrations (see `RewardClient.calibrations`)."""
+        return self._parse(CalibrationList, await self._send(self._get("/v1/calibrations")))
 
     async def health(self) -> Health:
         """One GET /health, without retries: a 503 "loading" report is returned, not raised."""

@@ -94,6 +94,11 @@ class RewardRequest(_Wire):
         "rewards and raises an alarm when they stop meaning what they meant (GET /v1/runs/{run}).",
     )
     step: int | None = Field(default=None, ge=0, description="The run's training step (with `run`).")
+    calibrated: bool = Field(
+        default=False,
+        description="Add `p_yes_calibrated` to each score from the calibration fitted for its "
+        "(evaluator, question) (POST /v1/calibrations); the raw p_yes and the reward are unchanged.",
+    )
 
     @model_validator(mode="after")
     def _questions_xor_rubric(self) -> RewardRequest:
@@ -139,6 +144,11 @@ class QuestionScore(BaseModel):
         default=False,
         description="label_mass is below the evaluator's `min_label_mass`: p_yes then compares two "
         "answers the evaluator hardly gives; look at the item before trusting its reward.",
+    )
+    p_yes_calibrated: float | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="Only with `calibrated: true`: p_yes through the fitted calibration.",
     )
 
 
@@ -221,6 +231,12 @@ class OpenRLHFRewardResponse(BaseModel):
 
 
 # The generative-judge contract lives beside this one; one import serves both.
+from rlme.client.wire_calibration import (  # noqa: E402
+    Calibration,
+    CalibrationList,
+    CalibrationRequest,
+    LabelledItem,
+)
 from rlme.client.wire_judges import (  # noqa: E402
     Battle,
     ComparisonRequest,
@@ -244,6 +260,10 @@ from rlme.client.wire_judges import (  # noqa: E402
 
 __all__ = [
     "Battle",
+    "Calibration",
+    "CalibrationList",
+    "CalibrationRequest",
+    "LabelledItem",
     "ChatMessage",
     "ComparisonRequest",
     "ComparisonResponse",

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from rlme.service.auth import KeyRing
+from rlme.service.calibration import CalibrationStore
 from rlme.service.errors import install_error_handlers
 from rlme.service.evaluators import EvaluatorPool
 from rlme.service.judging import JudgeService
 from rlme.service.metrics import Metrics
 from rlme.service.middleware import RequestContextMiddleware
-from rlme.service.routes import admin, compat, info, judges, rewards, runs
+from rlme.service.routes import admin, calibrations, compat, info, judges, rewards, runs
 from rlme.service.run_monitor import RunMonitor
 from rlme.service.scoring import RewardScorer
 from rlme.service.settings import Settings
@@ -57,7 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tenants = Tenants(settings, on_store_error=metrics.quota_store_errors.inc)
     db_path = settings.monitoring.db_path or settings.cache_dir / "runs.sqlite"
     monitor = RunMonitor(settings.monitoring, db_path, metrics)
-    app.state.scorer = RewardScorer(settings, pool, metrics, tenants, monitor)
+    fitted = CalibrationStore(settings.calibrations_path or settings.cache_dir / "calibrations.json")
+    app.state.scorer = RewardScorer(settings, pool, metrics, tenants, monitor, fitted)
     app.state.judge = JudgeService(settings, pool, metrics, tenants)
     install_error_handlers(app)
     app.include_router(rewards.router)
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(compat.router)
     app.include_router(info.router)
     app.include_router(runs.router)
+    app.include_router(calibrations.router)
     app.include_router(admin.router)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes

@@ -5,7 +5,8 @@ divergence and canaries: the first and last steps that have anchors or canaries)
 need at least 2·window such steps, and return a Signal with a level (ok / watch / alarm),
 the measured value and what it means. What each can and cannot tell is in
 docs/monitoring.md. The run's alarm is the highest level, raised to "alarm" when two
-signals watch a change since the start (e.g. the format drifted *and* the rule agrees less).
+signals watch a change since the start (e.g. the format drifted *and* the rule agrees less)
+and the caller's rule, if any, does not confirm the run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Thresholds:
     anchor_gap_alarm: float = 0.25  # ... grown this much: alarm
     canary_margin_drop: float = 0.1  # real minus canary P(yes), shrunk this much: watch
     canary_margin_min: float = 0.02  # ... and now at most this (canaries score as high): alarm
+    rule_fall: float = 0.5  # the rule's pass rate at most this share of its start, p_yes up: alarm
+    rule_min_passes: int = 4  # passing items needed in the first window to read a fall
 
 
 def _ends(steps: Sequence[RunStep], window: int) -> tuple[Sequence[RunStep], Sequence[RunStep]] | None:
@@ -111,6 +114,34 @@ def rule_agreement(steps: Sequence[RunStep], th: Thresholds) -> Signal:
     return Signal(name="rule_agreement", level=level, value=now, detail=detail)
 
 
+def rule_trend(steps: Sequence[RunStep], th: Thresholds) -> Signal:
+    """The caller's rule over the run: its pass rate fallen to `rule_fall` of its start while
+    mean p_yes rose is an alarm (the reward goes up, what the rule checks goes down); fallen
+    with p_yes flat, a watch. The value is the pass rate's last/first ratio."""
+    rated = [s for s in steps if s.rule_pass_rate is not None]
+    name = "rule_trend"
+    if len(rated) < 2 * th.window:
+        detail = "no rule_score on the items" if not rated else f"{len(rated)} steps with rule scores"
+        return Signal(name=name, level="ok", detail=f"{detail}; needs {2 * th.window}")
+    first, last = rated[: th.window], rated[-th.window :]
+    passes = sum((s.rule_pass_rate or 0.0) * s.items for s in first)
+    if passes < th.rule_min_passes:
+        detail = f"{passes:.0f} passing items in the first {th.window} steps: too few to read a fall"
+        return Signal(name=name, level="ok", detail=detail)
+    before = passes / sum(s.items for s in first)
+    after = sum((s.rule_pass_rate or 0.0) * s.items for s in last) / sum(s.items for s in last)
+    ratio = after / before
+    rise = fmean(map(mean_p_yes, last)) - fmean(map(mean_p_yes, first))
+    detail = f"rule pass rate {before:.2f} -> {after:.2f} while mean p_yes {rise:+.3f}"
+    level: Alarm = "ok"
+    if ratio <= th.rule_fall:
+        level = "alarm" if rise > 0 else "watch"
+        detail += (
+            ": the reward " + ("rose" if rise > 0 else "did not fall") + " while the rule's pass rate fell"
+        )
+    return Signal(name=name, level=level, value=ratio, detail=detail)
+
+
 def label_mass(steps: Sequence[RunStep], th: Thresholds) -> Signal:
     """Is the evaluator still answering yes/no at all? Mean label mass of the last steps."""
     recent = [q.label_mass_mean for s in steps[-th.window :] for q in s.questions.values()]
@@ -171,6 +202,7 @@ def canaries(steps: Sequence[RunStep], th: Thresholds) -> Signal:
 def signals(steps: Sequence[RunStep], th: Thresholds) -> list[Signal]:
     return [
         drift(steps, th),
+        rule_trend(steps, th),
         rule_agreement(steps, th),
         anchor_divergence(steps, th),
         canaries(steps, th),
@@ -179,8 +211,11 @@ def signals(steps: Sequence[RunStep], th: Thresholds) -> list[Signal]:
 
 
 def run_alarm(found: Sequence[Signal]) -> Alarm:
-    """The highest level; two signals watching a change since the start make an alarm."""
+    """The highest level; two signals watching a change since the start make an alarm,
+    unless the caller's rule confirms the run (its pass rate did not fall): then they stay
+    a watch — a form drift or a noisier AUC to look at, not a hack the rule would show."""
     level: Alarm = max((s.level for s in found), key=LEVELS.index, default="ok")
-    if sum(s.level == "watch" and s.change for s in found) >= 2:
+    confirmed = any(s.name == "rule_trend" and s.value is not None and s.value >= 1.0 for s in found)
+    if sum(s.level == "watch" and s.change for s in found) >= 2 and not confirmed:
         level = "alarm"
     return level

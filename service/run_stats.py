@@ -20,6 +20,7 @@ from rlme.client.wire_runs import AnchorStep, CanaryStep, QuestionStep, RunStep,
 BINS = 20
 MAX_RULE_PAIRS = 512
 TOP_SAMPLES = 3  # highest-rewarded responses kept per step (and one canary per kind)
+MIN_CLASS = 3  # passing and failing items a step needs for its rule AUC (fewer: too noisy)
 # Bold/italic markers, headings, inline code, bullet and numbered list lines.
 MARKDOWN = re.compile(r"\*\*|__|`|^\s{0,3}#{1,6}\s|^\s*[-*+]\s|^\s*\d+[.)]\s", re.M)
 
@@ -152,7 +153,7 @@ class StepStats:
             response_chars_mean=self.chars_sum / n,
             markdown_share=self.markdown / n,
             repetition_mean=self.repetition_sum / n,
-            rule_auc=auc(self.rule_pairs),
+            rule_auc=auc(self.rule_pairs) if min(self._classes()) >= MIN_CLASS else None,
             rule_pass_rate=self.rule_passes / self.rule_items if self.rule_items else None,
             questions={key: q.summary() for key, q in sorted(self.questions.items())},
             anchor=_anchor_step(self.anchor),
@@ -161,6 +162,10 @@ class StepStats:
                 for kind, (n, p, real) in sorted(self.canaries.items())
             },
         )
+
+    def _classes(self) -> tuple[int, int]:
+        passing = sum(rule >= 0.5 for _, rule in self.rule_pairs)
+        return passing, len(self.rule_pairs) - passing
 
     def sample_list(self) -> list[Sample]:
         return [Sample(**s) for s in self.samples]

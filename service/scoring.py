@@ -24,6 +24,7 @@ from rlme.client.wire import (
     Usage,
 )
 from rlme.service.backends.base import ScoringTask, TaskResult, build_task
+from rlme.service.calibration import CalibrationStore, apply
 from rlme.service.errors import (
     EvaluatorFailed,
     InvalidRequest,
@@ -58,12 +59,14 @@ class RewardScorer:
         metrics: Metrics,
         tenants: Tenants,
         monitor: RunMonitor | None = None,
+        calibrations: CalibrationStore | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
         self.tenants = tenants
         self.monitor = monitor
+        self.calibrations = calibrations or CalibrationStore(None)
         self._probing: set[asyncio.Task[None]] = set()
 
     def plan(self, request: RewardRequest) -> Plan:
@@ -83,6 +86,19 @@ class RewardScorer:
         needs_reference = [q.id for q in questions if q.requires_reference]
         for i, item in enumerate(request.items):
             self._check_item(i, item, needs_reference)
+        if request.calibrated:
+            missing = [
+                f"{e.name}/{q.id}"
+                for e, _ in evaluators
+                for q in questions
+                if not self.calibrations.get(e.name, q.text)
+            ]
+            if missing:
+                raise InvalidRequest(
+                    f"`calibrated: true`, but no calibration is fitted for {missing} (a calibration "
+                    "belongs to an evaluator and a question's exact text): POST /v1/calibrations "
+                    "with labelled items first, or leave `calibrated` out"
+                )
         return Plan(questions=questions, evaluators=evaluators)
 
     def _questions(self, request: RewardRequest) -> list[MetaQuestion]:
@@ -264,6 +280,7 @@ class RewardScorer:
                     mass = label.mass
                     low_mass = mass < evaluator.config.min_label_mass
                     low_masses += low_mass
+                    fit = self.calibrations.get(evaluator.name, question.text) if request.calibrated else None
                     scores[i].append(
                         QuestionScore(
                             evaluator=evaluator.name,
@@ -275,6 +292,7 @@ class RewardScorer:
                             evaluator_weight=v,
                             label_mass=mass,
                             low_label_mass=low_mass,
+                            p_yes_calibrated=None if fit is None else apply(fit.a, fit.b, math.exp(logp)),
                         )
                     )
             self.metrics.evaluations.labels(evaluator.name).inc(sum(len(t.sequences) for t in tasks))

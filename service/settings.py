@@ -182,6 +182,10 @@ class MonitoringConfig(_Strict):
     auc_alarm: float = Field(0.6, gt=0, lt=1, description="Rule AUC at or below this, with p_yes up: alarm.")
     auc_drop: float = Field(0.15, gt=0, lt=1, description="Rule AUC fallen this much since the start: watch.")
     label_mass_min: float = Field(0.05, gt=0, lt=1, description="Mean label mass below this: watch.")
+    rule_fall: float = Field(
+        0.5, gt=0, lt=1, description="Rule pass rate at most this share of its start, p_yes up: alarm."
+    )
+    rule_min_passes: int = Field(4, ge=1, description="Passing items the first window needs to read a fall.")
     anchor_rate: float = Field(
         1.0,
         ge=0,
@@ -273,6 +277,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     reward: RewardConfig = Field(default_factory=RewardConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    calibrations_path: Path | None = Field(
+        None,
+        description="JSON file of the fitted calibrations (POST /v1/calibrations); "
+        "default: cache_dir/calibrations.json.",
+    )
     log_level: str = "info"
 
     @field_validator("evaluators")

@@ -20,6 +20,7 @@ from rlme.service.hacking_signals import (
     drift,
     label_mass,
     rule_agreement,
+    rule_trend,
     run_alarm,
     signals,
 )
@@ -33,12 +34,13 @@ TH = Thresholds(window=2)
 
 
 def step(n: int, p_yes: float, chars: float = 100, markdown: float = 0.0, rule_auc: float | None = None,
-         mass: float = 0.9) -> RunStep:  # fmt: skip
+         mass: float = 0.9, rule_pass: float | None = None) -> RunStep:  # fmt: skip
     question = QuestionStep(
         evaluations=10, p_yes_mean=p_yes, p_yes_quantiles={}, label_mass_mean=mass, low_label_mass=0
     )
     return RunStep(step=n, items=10, reward_mean=0.0, response_chars_mean=chars, markdown_share=markdown,
-                   repetition_mean=0.0, rule_auc=rule_auc, questions={"default/q": question})  # fmt: skip
+                   repetition_mean=0.0, rule_auc=rule_auc, rule_pass_rate=rule_pass,
+                   questions={"default/q": question})  # fmt: skip
 
 
 def test_auc_repetition_and_quantiles_by_hand() -> None:
@@ -89,10 +91,32 @@ def test_label_mass_and_the_combined_alarm() -> None:
         step(4, 0.62, **late),
     ]
     found = {s.name: s.level for s in signals(both, TH)}
-    assert found == {"drift": "watch", "rule_agreement": "watch", "label_mass": "ok",
+    assert found == {"drift": "watch", "rule_agreement": "watch", "label_mass": "ok", "rule_trend": "ok",
                      "anchor_divergence": "ok", "canaries": "ok"}  # fmt: skip
     assert run_alarm(signals(both, TH)) == "alarm"  # the two watches together
     assert run_alarm(signals(both[:2], TH)) == "ok"
+
+
+def test_rule_trend_alarms_when_the_rules_pass_rate_halves_while_p_yes_rises() -> None:
+    hacked = [step(1, 0.4, rule_pass=0.5), step(2, 0.4, rule_pass=0.3),
+              step(3, 0.5, rule_pass=0.1), step(4, 0.5, rule_pass=0.0)]  # fmt: skip
+    signal = rule_trend(hacked, TH)
+    assert signal.level == "alarm" and signal.value == pytest.approx(0.125)  # 0.4 -> 0.05
+    falling = [step(n, 0.4, rule_pass=r) for n, r in enumerate((0.5, 0.3, 0.1, 0.0), start=1)]
+    assert rule_trend(falling, TH).level == "watch"  # the rule fell, the reward did not rise
+    few = [step(n, 0.4 + n / 10, rule_pass=r) for n, r in enumerate((0.1, 0.1, 0.0, 0.0), start=1)]
+    assert rule_trend(few, TH).level == "ok"  # 2 passing items at the start: too few to read a fall
+    assert rule_trend([step(n, 0.5) for n in range(1, 5)], TH).level == "ok"
+
+
+def test_a_rule_that_confirms_the_run_keeps_two_watches_a_watch() -> None:
+    late = {"markdown": 0.6, "rule_auc": 0.72}
+    confirmed = [step(1, 0.5, rule_auc=0.9, rule_pass=0.3), step(2, 0.5, rule_auc=0.9, rule_pass=0.3),
+                 step(3, 0.62, **late, rule_pass=0.8), step(4, 0.62, **late, rule_pass=0.8)]  # fmt: skip
+    found = signals(confirmed, TH)
+    assert {s.name: s.level for s in found}["drift"] == "watch"
+    assert {s.name: s.level for s in found}["rule_agreement"] == "watch"
+    assert run_alarm(found) == "watch"  # the rule's pass rate rose with the reward
 
 
 def probed(n: int, gap: float | None = None, canary: float | None = None, real: float = 0.6) -> RunStep:
@@ -239,9 +263,9 @@ async def test_a_run_is_monitored_over_http_and_survives_a_restart(tmp_path: Pat
     first = report["steps"][0]
     assert first["items"] == 2 and first["markdown_share"] == 0.5
     assert set(first["questions"]) == {"default/correct"}
-    assert first["rule_auc"] in (0.0, 0.5, 1.0)  # one passing, one failing item
+    assert first["rule_auc"] is None  # one passing and one failing item: too few for an AUC
     assert {s["name"] for s in report["signals"]} == {
-        "drift", "rule_agreement", "label_mass", "anchor_divergence", "canaries"}  # fmt: skip
+        "drift", "rule_trend", "rule_agreement", "label_mass", "anchor_divergence", "canaries"}  # fmt: skip
     assert 'rlme_run_alarm{run="exp-1"}' in metrics
     # The anchored item was scored again without its reference; both responses got a canary.
     anchor = first["anchor"]

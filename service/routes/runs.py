@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Path, Request
+from fastapi.responses import HTMLResponse
 
 from rlme.client.wire import ErrorBody, RunReport
 from rlme.client.wire_runs import RUN_ID_PATTERN
 from rlme.service.auth import PrincipalDep
 from rlme.service.errors import NotFound
+from rlme.service.run_page import CSP, render
 
 router = APIRouter(tags=["runs"])
 
@@ -24,3 +26,14 @@ async def run_report(
     if report is None:
         raise NotFound(f"no run {run!r}: tag reward requests with `run` (and `step`) to monitor one")
     return report
+
+
+@router.get("/runs/{run}", response_class=HTMLResponse, responses={404: {"model": ErrorBody}})
+async def run_page(
+    request: Request, who: PrincipalDep, run: str = Path(pattern=RUN_ID_PATTERN)
+) -> HTMLResponse:
+    """The run's page for a person: alarm, signals, per-step plots, the highest-rewarded
+    responses and the canaries (server-rendered HTML with inline SVG; no scripts)."""
+    report = await run_report(request, who, run)
+    headers = {"content-security-policy": CSP, "x-content-type-options": "nosniff"}
+    return HTMLResponse(render(report), headers=headers)

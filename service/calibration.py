@@ -1,0 +1,126 @@
+"""Calibration of p_yes: Platt scaling on the logit, fitted on labelled items, and the
+file the fitted maps are kept in.
+
+p_calibrated = sigmoid(a * logit(p_yes) + b): a > 1 sharpens an evaluator that hedges,
+b moves its base rate. Fitted by Newton's method on the log loss against Platt's smoothed
+targets ((n+ + 1)/(n+ + 2) for "yes" items, 1/(n- + 2) for "no" items), which keep a
+small labelled set from making the map overconfident, plus a small ridge penalty (so
+perfectly separated items still give finite a, b). Pure Python: the service without torch
+(the remote front) calibrates too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from rlme.client.wire_calibration import Calibration
+
+EPS = 1e-6
+RIDGE = 1e-3
+BINS = 10
+
+
+def logit(p: float) -> float:
+    p = min(max(p, EPS), 1 - EPS)
+    return math.log(p / (1 - p))
+
+
+def sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1 / (1 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1 + e)
+
+
+def apply(a: float, b: float, p_yes: float) -> float:
+    return sigmoid(a * logit(p_yes) + b)
+
+
+def fit_platt(p_yes: Sequence[float], labels: Sequence[bool], iterations: int = 50) -> tuple[float, float]:
+    """(a, b) minimising the log loss of sigmoid(a * logit(p) + b) against the labels' targets."""
+    xs = [logit(p) for p in p_yes]
+    positives = sum(labels)
+    negatives = len(labels) - positives
+    targets = [(positives + 1) / (positives + 2) if y else 1 / (negatives + 2) for y in labels]
+    a, b = 1.0, 0.0
+    for _ in range(iterations):
+        ga, gb = RIDGE * (a - 1), 0.0  # the ridge pulls a toward the identity map
+        haa, hab, hbb = RIDGE, 0.0, 1e-9
+        for x, t in zip(xs, targets, strict=True):
+            q = sigmoid(a * x + b)
+            r, w = q - t, q * (1 - q)
+            ga += r * x
+            gb += r
+            haa += w * x * x
+            hab += w * x
+            hbb += w
+        det = haa * hbb - hab * hab
+        if det <= 0:
+            break
+        da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+        a, b = a - da, b - db
+        if abs(da) + abs(db) < 1e-10:
+            break
+    return a, b
+
+
+def ece(p: Sequence[float], labels: Sequence[bool], bins: int = BINS) -> float:
+    """Expected calibration error: the item-weighted |mean p - share of yes| over equal-width bins."""
+    groups: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
+    for value, label in zip(p, labels, strict=True):
+        groups[min(bins - 1, int(value * bins))].append((value, label))
+    total = sum(abs(sum(v for v, _ in g) - sum(y for _, y in g)) for g in groups if g)
+    return total / max(1, len(p))
+
+
+def brier(p: Sequence[float], labels: Sequence[bool]) -> float:
+    return sum((v - float(y)) ** 2 for v, y in zip(p, labels, strict=True)) / max(1, len(p))
+
+
+def held_out_split(labels: Sequence[bool], fraction: float) -> tuple[list[int], list[int]]:
+    """(train, held out) indices: about `fraction` of each label's items held out, spread
+    evenly through the order given (deterministic)."""
+    train: list[int] = []
+    held: list[int] = []
+    for value in (False, True):
+        indices = [i for i, y in enumerate(labels) if y == value]
+        take = max(1, round(fraction * len(indices)))
+        chosen = {indices[int((k + 0.5) * len(indices) / take)] for k in range(take)}
+        held.extend(i for i in indices if i in chosen)
+        train.extend(i for i in indices if i not in chosen)
+    return sorted(train), sorted(held)
+
+
+class CalibrationStore:
+    """Fitted calibrations by (evaluator, question text), in a JSON file (None: memory only)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fits: dict[tuple[str, str], Calibration] = {}
+        if path is not None and path.is_file():
+            for row in json.loads(path.read_text()):
+                fit = Calibration.model_validate(row)
+                self._fits[(fit.evaluator, fit.question)] = fit
+
+    def get(self, evaluator: str, question: str) -> Calibration | None:
+        return self._fits.get((evaluator, question))
+
+    def all(self) -> list[Calibration]:
+        return sorted(self._fits.values(), key=lambda f: (f.evaluator, f.question_id))
+
+    def put(self, fits: Sequence[Calibration]) -> None:
+        with self._lock:
+            for fit in fits:
+                self._fits[(fit.evaluator, fit.question)] = fit
+            if self.path is None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".partial")
+            partial.write_text(json.dumps([f.model_dump() for f in self.all()], indent=1))
+            os.replace(partial, self.path)  # a reader never sees half a file
