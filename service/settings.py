@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -165,6 +165,9 @@ class TenantConfig(_Strict):
     max_queued_evaluations: int | None = Field(None, ge=1, description="Queued at once; None = unlimited.")
 
 
+CanaryKind = Literal["empty", "echo", "first_sentence", "shuffled", "affirmed"]  # service/canaries.py
+
+
 class MonitoringConfig(_Strict):
     """The run monitor (service/run_monitor.py, docs/monitoring.md)."""
 
@@ -195,8 +198,8 @@ class MonitoringConfig(_Strict):
     canary_rate: float = Field(
         0.1, ge=0, le=1, description="Canaries per real response of a run (at least one per request if > 0)."
     )
-    canary_kinds: list[Literal["empty", "echo", "first_sentence", "shuffled", "affirmed"]] = Field(
-        default_factory=lambda: ["empty", "echo", "first_sentence", "shuffled", "affirmed"],
+    canary_kinds: list[CanaryKind] = Field(
+        default_factory=lambda: list(get_args(CanaryKind)),
         description="Degenerate rewrites used as canaries, taken in turn.",
     )
     max_probes_per_request: int = Field(

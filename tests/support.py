@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -30,12 +31,20 @@ TEST_LIMITS = {
     "max_meta_judgments": 3,
 }
 TEST_MAX_MODEL_LEN = 1024
+# Run statistics and calibrations the tests make stay out of the user's cache folder.
+TEST_STATE = Path(tempfile.mkdtemp(prefix="rlme-test-state-"))
 
 
 def service_settings(**overrides: Any) -> Settings:
-    """float32 (equality tests need it), small limits, the user's model cache."""
+    """float32 (equality tests need it), small limits, the user's model cache; the run
+    monitor's and calibrations' files in a temporary folder unless given."""
     evaluator = {"name": "default", "dtype": "float32", "max_model_len": TEST_MAX_MODEL_LEN}
-    values: dict[str, Any] = {"evaluators": [evaluator], "limits": TEST_LIMITS}
+    values: dict[str, Any] = {
+        "evaluators": [evaluator],
+        "limits": TEST_LIMITS,
+        "monitoring": {"db_path": str(TEST_STATE / "runs.sqlite")},
+        "calibrations_path": str(TEST_STATE / "calibrations.json"),
+    }
     values.update(overrides)
     return Settings.load(**values)
 

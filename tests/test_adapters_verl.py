@@ -14,7 +14,8 @@ from rlme.client.wire import ChatMessage, Item
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("RLME_RUBRIC", "RLME_QUESTIONS", "RLME_EVALUATORS", "RLME_SEND_REFERENCE"):
+    for name in ("RLME_RUBRIC", "RLME_QUESTIONS", "RLME_EVALUATORS", "RLME_SEND_REFERENCE", "RLME_RUN",
+                 "RLME_STEP_SECONDS"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
 
 
@@ -143,3 +144,16 @@ def test_send_reference_flag(monkeypatch: pytest.MonkeyPatch, env: str, kwargs: 
     fake = FakeRewardService()
     compute_score("src", "x", "42", {}, client=fake.client(), **kwargs)
     assert (fake.requests[0].items[0].reference == "42") is sent
+
+
+def test_a_run_id_tags_requests_with_verls_step_or_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRewardService()
+    client = fake.client()
+    compute_score("src", "a", "gt", {"question": "q"}, client=client)  # no run: untagged
+    monkeypatch.setenv("RLME_RUN", "verl-run-1")
+    compute_score("src", "a", "gt", {"question": "q", "global_steps": 7}, client=client)
+    monkeypatch.setattr(_common.time, "time", lambda: 600.0)
+    compute_score("src", "a", "gt", {"question": "q"}, client=client)  # verl 0.9.1 passes no step
+    compute_score("src", "a", "gt", {"question": "q"}, client=client, run="other", step_seconds=30)
+    tags = [(r.run, r.step) for r in fake.requests]
+    assert tags == [(None, None), ("verl-run-1", 7), ("verl-run-1", 10), ("other", 20)]

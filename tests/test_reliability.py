@@ -196,9 +196,9 @@ def test_fuzzed_requests_never_get_a_5xx(server: ThreadedServer) -> None:
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     # /admin is left out: every fuzzed reload would load the model again (seconds each).
     operations = [op.ok() for op in schema.get_all_operations() if not op.ok().path.startswith("/admin")]
-    # rewards, two framework routes, health, metrics, evaluators, rubrics; judgments,
-    # comparisons, meta-judgments, judges
-    assert len(operations) == 14
+    # rewards, two framework routes, health (3), metrics, evaluators, rubrics; judgments,
+    # comparisons, meta-judgments, judges; runs (JSON and page); calibrations (POST, GET)
+    assert len(operations) == 17
     for operation in operations:
         # A valid judge request writes text (seconds on a CPU, even with the test limits).
         writes = operation.method.upper() == "POST" and operation.path in JUDGE_ROUTES

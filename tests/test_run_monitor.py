@@ -5,6 +5,7 @@ header, GET /v1/runs/{run}, and statistics that survive a restart."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from rlme.service.hacking_signals import (
 )
 from rlme.service.run_probes import choose_probes
 from rlme.service.run_stats import QuestionStats, StepStats, auc, repetition
-from rlme.service.settings import MonitoringConfig
+from rlme.service.settings import CanaryKind, MonitoringConfig
 
 from support import service_settings
 
@@ -181,7 +182,7 @@ def test_canary_rewrites() -> None:
     assert rewrite("affirmed", "p", "Lima.  ", rng) == f"Lima. {AFFIRMATION}"
     words = rewrite("shuffled", "p", response, rng).split()
     assert sorted(words) == sorted(response.split()) and words != response.split()
-    assert set(KINDS) == {"empty", "echo", "first_sentence", "shuffled", "affirmed"}
+    assert get_args(CanaryKind) == KINDS  # the config offers exactly the rewrites there are
 
 
 def test_probes_are_chosen_from_a_runs_request_only_and_reproducibly() -> None:

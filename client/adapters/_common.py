@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ ENV_RUBRIC = "RLME_RUBRIC"
 ENV_QUESTIONS = "RLME_QUESTIONS"
 ENV_EVALUATORS = "RLME_EVALUATORS"
 ENV_SEND_REFERENCE = "RLME_SEND_REFERENCE"
+ENV_RUN = "RLME_RUN"
+ENV_STEP_SECONDS = "RLME_STEP_SECONDS"
 DEFAULT_RUBRIC = "correctness"
 
 
@@ -72,11 +75,14 @@ class Scoring:
     questions: tuple[MetaQuestion, ...] | None = None
     evaluators: tuple[EvaluatorChoice, ...] | None = None
     send_reference: bool = True
+    run: str | None = None  # the run monitor's run id (docs/monitoring.md)
+    step_seconds: float = 60.0  # without a step from the framework, a step is this much wall time
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Scoring:
-        """From $RLME_RUBRIC or $RLME_QUESTIONS (JSON), $RLME_EVALUATORS (JSON), and
-        $RLME_SEND_REFERENCE ("0" scores without ground truth); `overrides` win."""
+        """From $RLME_RUBRIC or $RLME_QUESTIONS (JSON), $RLME_EVALUATORS (JSON),
+        $RLME_SEND_REFERENCE ("0" scores without ground truth), $RLME_RUN and
+        $RLME_STEP_SECONDS; `overrides` win."""
         env = os.environ if environ is None else environ
         if "rubric" in overrides or "questions" in overrides:  # the caller chose; ignore the env
             rubric, questions = overrides.get("rubric"), overrides.get("questions")
@@ -93,18 +99,26 @@ class Scoring:
             questions=None if questions is None else tuple(map(MetaQuestion.model_validate, questions)),
             evaluators=None if evaluators is None else tuple(map(EvaluatorChoice.model_validate, evaluators)),
             send_reference=send_reference,
+            run=overrides.get("run", env.get(ENV_RUN) or None),
+            step_seconds=float(overrides.get("step_seconds", env.get(ENV_STEP_SECONDS) or 60.0)),
         )
 
-    def request_options(self) -> dict[str, Any]:
-        """Keyword arguments for `rewards()`."""
-        return {
+    def request_options(self, step: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for `rewards()`. With a run id, the step is the framework's
+        `step` when it gives one, else the wall-clock bucket of `step_seconds` (the same in
+        every reward worker process)."""
+        options: dict[str, Any] = {
             "rubric": self.rubric,
             "questions": None if self.questions is None else list(self.questions),
             "evaluators": None if self.evaluators is None else list(self.evaluators),
         }
+        if self.run is not None:
+            options["run"] = self.run
+            options["step"] = step if step is not None else int(time.time() // self.step_seconds)
+        return options
 
 
-SCORING_KEYS = ("rubric", "questions", "evaluators", "send_reference")
+SCORING_KEYS = ("rubric", "questions", "evaluators", "send_reference", "run", "step_seconds")
 
 
 def scoring_for_call(kwargs: Mapping[str, Any]) -> Scoring:

@@ -16,7 +16,9 @@ Two ways to plug rlme into slime:
    handles both.
 
 Configured like the verl adapter: $RLME_BASE_URL, $RLME_API_KEY, $RLME_RUBRIC or
-$RLME_QUESTIONS, $RLME_EVALUATORS, $RLME_SEND_REFERENCE (`sample.label` is the reference).
+$RLME_QUESTIONS, $RLME_EVALUATORS, $RLME_SEND_REFERENCE (`sample.label` is the reference),
+$RLME_RUN (tags requests for the run monitor; slime passes no step to reward functions,
+so a step is a minute of wall time, $RLME_STEP_SECONDS).
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 
 verl imports the function by path, so it is configured by environment variables
 ($RLME_BASE_URL, $RLME_API_KEY, $RLME_RUBRIC or $RLME_QUESTIONS, $RLME_EVALUATORS,
-$RLME_SEND_REFERENCE); keys of `reward.custom_reward_function.reward_kwargs` (`rubric`,
-`questions`, `evaluators`, `send_reference`) arrive as keyword arguments and win.
+$RLME_SEND_REFERENCE, $RLME_RUN); keys of `reward.custom_reward_function.reward_kwargs`
+(`rubric`, `questions`, `evaluators`, `send_reference`, `run`) arrive as keyword arguments
+and win. With a run id the requests are tagged for the run monitor; verl passes no step,
+so the step is extra_info["global_steps"] where a reward manager adds it, else a minute
+of wall time ($RLME_STEP_SECONDS).
 
 What verl 0.9 passes (its reward loop, verl/experimental/reward_loop/reward_manager/naive.py,
 one call per sample, async functions awaited): `data_source`, `solution_str`
@@ -56,7 +59,7 @@ def compute_score(
     scoring = scoring_for_call(kwargs)
     client: RewardClient = kwargs.get("client") or shared_client()
     item = _item(solution_str, ground_truth, extra_info, scoring)
-    return client.rewards([item], **scoring.request_options()).rewards[0]
+    return client.rewards([item], **scoring.request_options(_step(extra_info))).rewards[0]
 
 
 async def compute_score_async(
@@ -70,7 +73,7 @@ async def compute_score_async(
     scoring = scoring_for_call(kwargs)
     client: AsyncRewardClient = kwargs.get("client") or shared_async_client()
     item = _item(solution_str, ground_truth, extra_info, scoring)
-    return (await client.rewards([item], **scoring.request_options())).rewards[0]
+    return (await client.rewards([item], **scoring.request_options(_step(extra_info)))).rewards[0]
 
 
 def compute_score_batch(
@@ -87,7 +90,15 @@ def compute_score_batch(
         _item(solution, truth, extra, scoring)
         for solution, truth, extra in zip(solution_strs, ground_truths, extra_infos, strict=True)
     ]
-    return list(client.rewards(items, **scoring.request_options()).rewards)
+    step = _step(extra_infos[0]) if extra_infos else None
+    return list(client.rewards(items, **scoring.request_options(step)).rewards)
+
+
+def _step(extra_info: Mapping[str, Any] | None) -> int | None:
+    """verl 0.9.1 passes no training step to reward functions; a reward manager that adds
+    extra_info["global_steps"] (verl's pattern for per-step state) gives one."""
+    value = (extra_info or {}).get("global_steps")
+    return int(value) if isinstance(value, int | float) and value >= 0 else None
 
 
 def _item(
