@@ -15,8 +15,9 @@ beside each other, the same configs as examples/demo_rlme_vs_rlvr.py:
 
 The trainer tags every reward request with its run id and step and each item with its
 rule check (`rule_score`), and logs the service's alarm per step (`monitor/alarm`). Writes
-OUT/<task>/metrics.jsonl, OUT/<task>_report.json (GET /v1/runs/{run}), OUT/runs.sqlite and
-the figure OUT/monitoring_demo.png; prints, per run, the step at which the alarm was first
+OUT/<task>/metrics.jsonl, OUT/<task>_report.json (GET /v1/runs/{run}), OUT/runs.sqlite,
+the figure OUT/monitoring_demo.png and, with Debian's chromium, the runs' pages as
+OUT/run_page_<task>.png; prints, per run, the step at which the alarm was first
 raised and the step at which the rule's accuracy fell below half its start.
 DEMO_STEPS overrides the number of steps (12); MONITOR_WINDOW the window (2).
 """
@@ -27,8 +28,10 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +79,24 @@ def main(out: Path, url: str | None) -> None:
         for task in RUNS:
             reports[task] = httpx.get(f"{url}/v1/runs/demo-{task}", timeout=30).json()
             (out / f"{task}_report.json").write_text(json.dumps(reports[task], indent=1))
+            screenshot(f"{url}/runs/demo-{task}", out / f"run_page_{task}.png")
     for task in RUNS:
         summarise(task, out, reports[task])
     plot(out, reports)
+
+
+def screenshot(page: str, path: Path) -> None:
+    """The run's page as a headless Chromium shows it (skipped without Debian's chromium)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print(f"no chromium: open {page} yourself")
+        return
+    with tempfile.TemporaryDirectory() as profile:
+        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                   "--window-size=1000,1500", f"--user-data-dir={profile}",
+                   f"--screenshot={path}", page]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+    print(f"page: {path}")
 
 
 def history(out: Path, task: str) -> list[dict[str, Any]]:

@@ -62,3 +62,12 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
 def test_bad_settings_fail_with_a_message(values: dict, says: str) -> None:
     with pytest.raises(ValidationError, match=says):
         Settings.load(**values)
+
+
+def test_every_monitoring_setting_is_documented() -> None:
+    from rlme.service.settings import MonitoringConfig
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    missing = [name for name in MonitoringConfig.model_fields if f"  {name}:" not in page]
+    assert not missing, f"docs/configuration.md lacks monitoring keys {missing}"
+    assert "calibrations_path:" in page
