@@ -247,7 +247,7 @@ class BaseClient:
                 evaluators=evaluator_list,
                 run=run,
                 step=step,
-                calibrated=calibrated,
+                calibrated=calibrated or None,  # left out of the body unless asked for
             )
             for start in range(0, len(parsed), self.chunk_size)
         ]

@@ -94,8 +94,8 @@ class RewardRequest(_Wire):
         "rewards and raises an alarm when they stop meaning what they meant (GET /v1/runs/{run}).",
     )
     step: int | None = Field(default=None, ge=0, description="The run's training step (with `run`).")
-    calibrated: bool = Field(
-        default=False,
+    calibrated: bool | None = Field(
+        default=None,
         description="Add `p_yes_calibrated` to each score from the calibration fitted for its "
         "(evaluator, question) (POST /v1/calibrations); the raw p_yes and the reward are unchanged.",
     )

@@ -48,6 +48,9 @@ class RunStep(BaseModel):
     rule_pass_rate: float | None = Field(
         default=None, description="Share of the items whose rule_score is >= 0.5 (when they carry one)."
     )
+    rule_items: int = Field(default=0, description="Items that carried a rule_score.")
+    rule_passes: int = Field(default=0, description="... of which rule_score >= 0.5.")
+    alarm: Alarm | None = Field(default=None, description="The run's alarm as of this step (its history).")
     questions: dict[str, QuestionStep]
     anchor: AnchorStep | None = Field(
         default=None, description="Anchored items scored again without their reference (anchor divergence)."
@@ -85,5 +88,6 @@ class RunReport(BaseModel):
     steps: list[RunStep] = Field(description="Steps in order (the last `max_steps` kept).")
     samples: list[Sample] = Field(
         default_factory=list,
-        description="The highest-rewarded responses and the canaries of the last `window` steps.",
+        description="The highest-rewarded responses and the canaries of the last `window` steps "
+        "(only of steps the caller's tenant tagged, unless an admin asks).",
     )

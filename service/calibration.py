@@ -41,13 +41,25 @@ def apply(a: float, b: float, p_yes: float) -> float:
     return sigmoid(a * logit(p_yes) + b)
 
 
-def fit_platt(p_yes: Sequence[float], labels: Sequence[bool], iterations: int = 50) -> tuple[float, float]:
-    """(a, b) minimising the log loss of sigmoid(a * logit(p) + b) against the labels' targets."""
+def fit_platt(p_yes: Sequence[float], labels: Sequence[bool], iterations: int = 100) -> tuple[float, float]:
+    """(a, b) minimising the log loss of sigmoid(a * logit(p) + b) against the labels' targets.
+
+    Newton steps, halved until the penalised loss goes down (a confident judge's large
+    logits make a full step overshoot)."""
     xs = [logit(p) for p in p_yes]
     positives = sum(labels)
     negatives = len(labels) - positives
     targets = [(positives + 1) / (positives + 2) if y else 1 / (negatives + 2) for y in labels]
+
+    def loss(a: float, b: float) -> float:
+        total = RIDGE * (a - 1) ** 2 / 2
+        for x, t in zip(xs, targets, strict=True):
+            z = a * x + b  # log(1 + e^z) - t z, computed without overflow
+            total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - t * z
+        return total
+
     a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(iterations):
         ga, gb = RIDGE * (a - 1), 0.0  # the ridge pulls a toward the identity map
         haa, hab, hbb = RIDGE, 0.0, 1e-9
@@ -63,8 +75,14 @@ def fit_platt(p_yes: Sequence[float], labels: Sequence[bool], iterations: int = 
         if det <= 0:
             break
         da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
-        a, b = a - da, b - db
-        if abs(da) + abs(db) < 1e-10:
+        step = 1.0
+        while step > 1e-6 and loss(a - step * da, b - step * db) > current:
+            step /= 2
+        if step <= 1e-6:
+            break
+        a, b = a - step * da, b - step * db
+        previous, current = current, loss(a, b)
+        if previous - current < 1e-12:
             break
     return a, b
 
@@ -89,7 +107,7 @@ def held_out_split(labels: Sequence[bool], fraction: float) -> tuple[list[int], 
     held: list[int] = []
     for value in (False, True):
         indices = [i for i, y in enumerate(labels) if y == value]
-        take = max(1, round(fraction * len(indices)))
+        take = min(len(indices) - 1, max(1, round(fraction * len(indices))))  # one stays to fit on
         chosen = {indices[int((k + 0.5) * len(indices) / take)] for k in range(take)}
         held.extend(i for i in indices if i in chosen)
         train.extend(i for i in indices if i not in chosen)

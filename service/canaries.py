@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from rlme.client.wire import ChatMessage
 
-# A sentence ends at . ! or ? after a letter, quote or bracket and before white space (not
-# in "3.14", nor after a list number "1."), or at a line break.
-_SENTENCE_END = re.compile(r"(?<=[^\W\d_\"')\]][.!?])\s|\n")
+# A sentence ends at . ! or ? between a non-space and white space (not in "3.14"), unless it
+# closes a list number ("1." at the start of a line), or at a line break.
+_SENTENCE_END = re.compile(r"(?<=\S)[.!?][\"')\]]?(?=\s)|\n")
+_LIST_NUMBER = re.compile(r"\s*\d{1,3}")
 AFFIRMATION = "Yes, this is correct."
 
 
@@ -29,8 +30,13 @@ def prompt_text(prompt: str | list[ChatMessage]) -> str:
 
 def first_sentence(response: str) -> str:
     text = response.strip()
-    end = _SENTENCE_END.search(text)
-    return text[: end.start()].strip() if end else text
+    for end in _SENTENCE_END.finditer(text):
+        if end.group() == "\n":
+            return text[: end.start()].strip()
+        line = text[text.rfind("\n", 0, end.start()) + 1 : end.start()]
+        if not _LIST_NUMBER.fullmatch(line):
+            return text[: end.end()].strip()
+    return text
 
 
 def shuffled(response: str, rng: random.Random) -> str:

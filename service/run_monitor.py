@@ -52,9 +52,11 @@ class RunMonitor:
                 "(run TEXT, step INTEGER, stats TEXT, updated REAL, PRIMARY KEY (run, step))"
             )
 
-    def observe(self, request: RewardRequest, results: list[ItemResult]) -> tuple[Alarm, int] | None:
+    def observe(
+        self, request: RewardRequest, results: list[ItemResult], tenant: str = "anonymous"
+    ) -> tuple[Alarm, int] | None:
         """Add a scored request of a run; the run's alarm after it and the step it counted
-        toward (None: not a run's)."""
+        toward (None: not a run's). The tenant may read the step's samples."""
         run = request.run
         if run is None or not self.config.enabled:
             return None
@@ -62,6 +64,8 @@ class RunMonitor:
             steps = self._steps(run)
             step = request.step if request.step is not None else max(steps, default=0)
             stats = steps.setdefault(step, StepStats())
+            if tenant not in stats.tenants:
+                stats.tenants.append(tenant)
             for item, result in zip(request.items, results, strict=True):
                 _add(stats, step, item, result)
             while len(steps) > self.config.max_steps:
@@ -85,31 +89,45 @@ class RunMonitor:
             self._save(run, step, stats)
         self._alarm(run)
 
-    def _alarm(self, run: str) -> Alarm:
-        with self._lock:
-            # The alarm reads only the first and last steps: summarise just those. Anchors
-            # and canaries may be in other steps than the first and last `window` ones.
-            steps = self._steps(run)
-            keys = sorted(steps)
-            window = self.thresholds.window
-            ends = set(keys if len(keys) <= 2 * window else keys[:window] + keys[-window:])
-            for having in ([k for k in keys if steps[k].anchor[0]], [k for k in keys if steps[k].canaries]):
-                ends.update(having[:window] + having[-window:])
-            summaries = [steps[s].summary(s) for s in sorted(ends)]
-        level = run_alarm(signals(summaries, self.thresholds))
-        self._metrics.run_alarm.labels(run).set(LEVELS.index(level))
-        return level
-
-    def report(self, run: str) -> RunReport | None:
+    def report(self, run: str, viewer: str | None = None) -> RunReport | None:
+        """The run's steps, signals and alarm; samples (policy text) only of the steps the
+        `viewer` tenant tagged (None: an admin, who sees all)."""
         with self._lock:
             if run not in self._runs and not self._stored(run):
                 return None
             steps = self._steps(run)
             summaries = [steps[s].summary(s) for s in sorted(steps)]
             recent = sorted(steps)[-self.thresholds.window :]
-            samples = [sample for s in recent for sample in steps[s].sample_list()]
+            samples = [
+                sample
+                for s in recent
+                if viewer is None or viewer in steps[s].tenants
+                for sample in steps[s].sample_list()
+            ]
         found = signals(summaries, self.thresholds)
         return RunReport(run=run, alarm=run_alarm(found), signals=found, steps=summaries, samples=samples)
+
+    def _alarm(self, run: str) -> Alarm:
+        with self._lock:
+            # The alarm reads only the first and last steps: summarise just those. Steps with
+            # anchors, canaries or rule scores may be other than the first and last `window`.
+            steps = self._steps(run)
+            keys = sorted(steps)
+            window = self.thresholds.window
+            ends = set(keys if len(keys) <= 2 * window else keys[:window] + keys[-window:])
+            for probed in ("anchor", "canaries", "rule"):  # signals that read only such steps
+                having = [k for k in keys if steps[k].has(probed)]
+                ends.update(having[:window] + having[-window:])
+            summaries = [steps[s].summary(s) for s in sorted(ends)]
+        level = run_alarm(signals(summaries, self.thresholds))
+        self._metrics.run_alarm.labels(run).set(LEVELS.index(level))
+        with self._lock:  # the alarm as of the run's latest step: the history the page plots
+            steps = self._steps(run)
+            latest = max(steps, default=None)
+            if latest is not None and steps[latest].alarm != level:
+                steps[latest].alarm = level
+                self._save(run, latest, steps[latest])
+        return level
 
     def close(self) -> None:
         if self._db is not None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from html import escape
 
 from rlme.client.wire_runs import RunReport, RunStep, Sample
-from rlme.service.hacking_signals import canary_margin, mean_p_yes
+from rlme.service.hacking_signals import LEVELS, mean_p_yes
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 LEVEL_COLOURS = {"ok": "#2e7d32", "watch": "#ef6c00", "alarm": "#c62828"}
@@ -74,8 +74,12 @@ def _points(steps: Sequence[RunStep], value: Callable[[RunStep], float | None]) 
 
 
 def _canary_p_yes(step: RunStep) -> float | None:
-    margin = canary_margin(step)
-    return None if margin is None else mean_p_yes(step) - margin
+    n = sum(c.items for c in step.canaries.values())
+    return sum(c.p_yes_mean * c.items for c in step.canaries.values()) / n if n else None
+
+
+def _alarm_level(step: RunStep) -> float | None:
+    return None if step.alarm is None else float(LEVELS.index(step.alarm))
 
 
 def _unanchored(step: RunStep) -> float | None:
@@ -89,6 +93,11 @@ def _anchored(step: RunStep) -> float | None:
 def charts(steps: Sequence[RunStep]) -> list[str]:
     unit = (0.0, 1.0)
     return [
+        chart(
+            "Alarm as of each step: 0 ok, 1 watch, 2 alarm",
+            [("alarm", RED, _points(steps, _alarm_level))],
+            (0, 2),
+        ),
         chart("Mean reward", [("reward", BLUE, _points(steps, lambda s: s.reward_mean))]),
         chart(
             "P(yes): responses and canaries",

@@ -40,25 +40,29 @@ class CanaryScore:
 
 
 def choose_probes(request: RewardRequest, questions: list[MetaQuestion], config: MonitoringConfig) -> Probes:
+    """Each response becomes a canary with probability `canary_rate`, each anchored item is
+    re-scored with probability `anchor_rate`: the expected extra load is those rates, whatever
+    the request's size. Canaries first, anchors from what is left of the budget."""
     if request.run is None or config.max_probes_per_request == 0:
         return Probes([], [])
     seed = zlib.crc32(f"{request.run}|{request.step}|{request.items[0].response}".encode())
     rng = random.Random(seed)
     budget = config.max_probes_per_request
+    canaries: list[tuple[int, str, Item]] = []
+    if config.canary_kinds:
+        kind = rng.randrange(len(config.canary_kinds))
+        for i, item in enumerate(request.items):
+            if len(canaries) >= budget or rng.random() >= config.canary_rate:
+                continue
+            name = config.canary_kinds[kind % len(config.canary_kinds)]
+            kind += 1
+            text = rewrite(name, item.prompt, item.response, rng)
+            if text != item.response:  # e.g. a one-sentence answer cut after its first sentence
+                canaries.append((i, name, item.model_copy(update={"response": text, "rule_score": None})))
     anchors: list[int] = []
     if any(not q.requires_reference for q in questions):
         anchored = [i for i, item in enumerate(request.items) if item.reference is not None]
-        anchors = [i for i in anchored if rng.random() < config.anchor_rate][:budget]
-    canaries: list[tuple[int, str, Item]] = []
-    n = len(request.items)
-    wanted = min(budget - len(anchors), n, max(1, round(config.canary_rate * n)))
-    if config.canary_rate > 0 and config.canary_kinds and wanted > 0:
-        first_kind = rng.randrange(len(config.canary_kinds))
-        for k, i in enumerate(sorted(rng.sample(range(n), wanted))):
-            kind = config.canary_kinds[(first_kind + k) % len(config.canary_kinds)]
-            item = request.items[i]
-            text = rewrite(kind, item.prompt, item.response, rng)
-            canaries.append((i, kind, item.model_copy(update={"response": text, "rule_score": None})))
+        anchors = [i for i in anchored if rng.random() < config.anchor_rate][: budget - len(canaries)]
     return Probes(anchors, canaries)
 
 

@@ -106,6 +106,8 @@ class StepStats:
     # canary kind -> [count, sum of canary p_yes, sum of the real responses' p_yes]
     canaries: dict[str, list[float]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    tenants: list[str] = field(default_factory=list)  # who tagged this step: they may read its samples
+    alarm: str | None = None  # the run's alarm as of this step
 
     def add_item(self, reward: float, response: str, p_mean: float, rule_score: float | None) -> None:
         self.items += 1
@@ -155,6 +157,9 @@ class StepStats:
             repetition_mean=self.repetition_sum / n,
             rule_auc=auc(self.rule_pairs) if min(self._classes()) >= MIN_CLASS else None,
             rule_pass_rate=self.rule_passes / self.rule_items if self.rule_items else None,
+            rule_items=self.rule_items,
+            rule_passes=self.rule_passes,
+            alarm=self.alarm if self.alarm in ("ok", "watch", "alarm") else None,
             questions={key: q.summary() for key, q in sorted(self.questions.items())},
             anchor=_anchor_step(self.anchor),
             canaries={
@@ -162,6 +167,10 @@ class StepStats:
                 for kind, (n, p, real) in sorted(self.canaries.items())
             },
         )
+
+    def has(self, what: str) -> bool:
+        """Whether this step has anchors, canaries or rule scores."""
+        return bool({"anchor": self.anchor[0], "canaries": self.canaries, "rule": self.rule_items}[what])
 
     def _classes(self) -> tuple[int, int]:
         passing = sum(rule >= 0.5 for _, rule in self.rule_pairs)
@@ -178,6 +187,8 @@ class StepStats:
         """From a stored row (rows written before a field existed get its default)."""
         questions = {key: QuestionStats(**q) for key, q in data.pop("questions").items()}
         pairs = [(float(p), float(r)) for p, r in data.pop("rule_pairs")]
+        if "rule_items" not in data:  # a row from before the counts were kept: its pairs say
+            data["rule_items"], data["rule_passes"] = len(pairs), sum(r >= 0.5 for _, r in pairs)
         return cls(**data, rule_pairs=pairs, questions=questions)
 
 

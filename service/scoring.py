@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from rlme.client.wire import (
+    Calibration,
     EvaluatorChoice,
     Item,
     ItemResult,
@@ -88,18 +89,21 @@ class RewardScorer:
             self._check_item(i, item, needs_reference)
         if request.calibrated:
             missing = [
-                f"{e.name}/{q.id}"
-                for e, _ in evaluators
-                for q in questions
-                if not self.calibrations.get(e.name, q.text)
+                f"{e.name}/{q.id}" for e, _ in evaluators for q in questions if not self._calibration(e, q)
             ]
             if missing:
                 raise InvalidRequest(
-                    f"`calibrated: true`, but no calibration is fitted for {missing} (a calibration "
-                    "belongs to an evaluator and a question's exact text): POST /v1/calibrations "
-                    "with labelled items first, or leave `calibrated` out"
+                    f"`calibrated: true`, but no calibration is fitted for {missing} with the "
+                    "evaluator's current weights (a calibration belongs to an evaluator, its model "
+                    "and a question's exact text): POST /v1/calibrations with labelled items first, "
+                    "or leave `calibrated` out"
                 )
         return Plan(questions=questions, evaluators=evaluators)
+
+    def _calibration(self, evaluator: Evaluator, question: MetaQuestion) -> Calibration | None:
+        """The calibration fitted for this evaluator and question, unless fitted on other weights."""
+        fit = self.calibrations.get(evaluator.name, question.text)
+        return fit if fit is not None and fit.model == evaluator.config.model else None
 
     def _questions(self, request: RewardRequest) -> list[MetaQuestion]:
         if request.questions is not None:
@@ -185,17 +189,37 @@ class RewardScorer:
         if self.monitor is None or request.run is None:
             return None
         try:
-            observed = self.monitor.observe(request, response.results)
+            observed = self.monitor.observe(request, response.results, tenant)
         except Exception:  # the rewards are scored and right: monitoring must not fail them
             log.exception("run monitor failed on run %r; the request is answered without it", request.run)
             return None
         if observed is None:
             return None
         alarm, step = observed
-        task = asyncio.create_task(self._probe(request, response, tenant, step), name="run-probes")
-        self._probing.add(task)
-        task.add_done_callback(self._probing.discard)
+        if self._may_probe(request):
+            task = asyncio.create_task(self._probe(request, response, tenant, step), name="run-probes")
+            self._probing.add(task)
+            task.add_done_callback(self._probing.discard)
+        else:
+            self.metrics.run_probes.labels("skipped").inc()
         return alarm
+
+    def _may_probe(self, request: RewardRequest) -> bool:
+        """Probes are extra work: never so many at once, never into a filling queue."""
+        assert self.monitor is not None
+        config = self.monitor.config
+        if len(self._probing) >= config.max_probing_requests:
+            return False
+        for choice in request.evaluators or [EvaluatorChoice(name=self.settings.default_evaluator_name)]:
+            evaluator = self.pool.get(choice.name)
+            if evaluator is not None:
+                batcher = evaluator.batcher
+                if (
+                    batcher.queued_evaluations
+                    > config.probe_queue_share * batcher.config.max_queue_evaluations
+                ):
+                    return False
+        return True
 
     async def _probe(self, request: RewardRequest, response: RewardResponse, tenant: str, step: int) -> None:
         """Score a run's probes with the request's evaluators and questions, through the same
@@ -218,7 +242,10 @@ class RewardScorer:
                 canaries = canary_scores(request, probes, response.results, scored.results)
             self.monitor.observe_probes(request.run, step, anchors, canaries)
             self.metrics.run_probes.labels("ok").inc(len(anchors) + len(canaries))
-        except Exception as exc:  # overloaded, stopping, failed: the run's rewards stand
+        except asyncio.CancelledError:  # the service is stopping
+            self.metrics.run_probes.labels("failed").inc()
+            raise
+        except Exception as exc:  # overloaded, failed: the run's rewards stand
             self.metrics.run_probes.labels("failed").inc()
             log.warning("run %r: probes of step %d not scored: %s", request.run, step, exc)
 
@@ -280,7 +307,7 @@ class RewardScorer:
                     mass = label.mass
                     low_mass = mass < evaluator.config.min_label_mass
                     low_masses += low_mass
-                    fit = self.calibrations.get(evaluator.name, question.text) if request.calibrated else None
+                    fit = self._calibration(evaluator, question) if request.calibrated else None
                     scores[i].append(
                         QuestionScore(
                             evaluator=evaluator.name,

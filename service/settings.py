@@ -189,6 +189,11 @@ class MonitoringConfig(_Strict):
         0.5, gt=0, lt=1, description="Rule pass rate at most this share of its start, p_yes up: alarm."
     )
     rule_min_passes: int = Field(4, ge=1, description="Passing items the first window needs to read a fall.")
+    rule_trend_rise: float = Field(
+        0.02,
+        ge=0,
+        description="Mean p_yes up by this much while the rule's pass rate fell: alarm (else watch).",
+    )
     anchor_rate: float = Field(
         1.0,
         ge=0,
@@ -204,6 +209,12 @@ class MonitoringConfig(_Strict):
     )
     max_probes_per_request: int = Field(
         32, ge=0, description="At most this many anchor re-scores plus canaries per reward request."
+    )
+    max_probing_requests: int = Field(
+        64, ge=1, description="Requests whose probes are scored at once; more are not probed (counted)."
+    )
+    probe_queue_share: float = Field(
+        0.5, gt=0, le=1, description="No probes while an evaluator's queue is fuller than this share."
     )
     anchor_gap_rise: float = Field(
         0.1, gt=0, description="Unanchored minus anchored P(yes) grown this much: watch."

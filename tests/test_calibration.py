@@ -44,6 +44,13 @@ def test_platt_fit_recovers_a_known_map() -> None:
     separated = fit_platt([0.4, 0.45, 0.55, 0.6], [False, False, True, True])  # finite, not infinite
     assert all(math.isfinite(v) for v in separated) and separated[0] > 1
     assert logit(0.0) < -10 and logit(1.0) > 10  # clipped, never inf
+    # A confident judge (logits around +-4, spread 4): a full Newton step would overshoot.
+    for seed in range(10):
+        rng = random.Random(seed)
+        truth = [rng.random() < 0.5 for _ in range(60)]
+        confident = [sigmoid(rng.gauss(4 if y else -4, 4)) for y in truth]
+        fit_a, fit_b = fit_platt(confident, truth)
+        assert 0 < fit_a < 5 and abs(fit_b) < 5, (seed, fit_a, fit_b)
 
 
 def test_ece_brier_and_the_held_out_split_by_hand() -> None:
@@ -56,6 +63,8 @@ def test_ece_brier_and_the_held_out_split_by_hand() -> None:
     assert sorted(train + held) == list(range(40)) and not set(train) & set(held)
     assert sum(labels[i] for i in held) == 4 and sum(not labels[i] for i in held) == 6  # per label
     assert held_out_split(labels, 0.25) == (train, held)
+    train, held = held_out_split([True, True, False, False], 0.75)  # one of each label stays to fit on
+    assert len(train) == 2 and len(held) == 2
 
 
 def test_store_keeps_fits_by_evaluator_and_question_text(tmp_path: Path) -> None:

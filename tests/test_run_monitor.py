@@ -41,6 +41,7 @@ def step(n: int, p_yes: float, chars: float = 100, markdown: float = 0.0, rule_a
     )
     return RunStep(step=n, items=10, reward_mean=0.0, response_chars_mean=chars, markdown_share=markdown,
                    repetition_mean=0.0, rule_auc=rule_auc, rule_pass_rate=rule_pass,
+                   rule_items=0 if rule_pass is None else 10, rule_passes=round(10 * (rule_pass or 0)),
                    questions={"default/q": question})  # fmt: skip
 
 
@@ -158,6 +159,16 @@ def test_canaries_watch_a_shrinking_margin_and_alarm_when_it_is_gone() -> None:
     signal = canaries(never, TH)
     assert signal.level == "watch" and not signal.change and "from the start" in signal.detail
     assert canaries([step(1, 0.5)], TH).level == "ok"
+    # Kinds differ in what an honest judge gives them: an affirmed canary should score like
+    # its response. Empty canaries first and affirmed ones last is no shrinking margin.
+    mixed = [probed(1, canary=0.2), probed(2, canary=0.2), probed(3), probed(4)]
+    for late in mixed[2:]:
+        late.canaries = {"affirmed": CanaryStep(items=2, p_yes_mean=0.6, p_yes_real=0.6)}
+    assert canaries(mixed, TH).level == "ok"
+    swayed = [probed(1), probed(2), probed(3), probed(4)]
+    for n, late in enumerate(swayed):  # "Yes, this is correct." appended lifts P(yes) by 0.15 late on
+        late.canaries = {"affirmed": CanaryStep(items=2, p_yes_mean=0.6 + 0.15 * (n >= 2), p_yes_real=0.6)}
+    assert canaries(swayed, TH).level == "alarm"
 
 
 def test_two_watched_changes_make_an_alarm_but_a_state_of_the_evaluator_does_not() -> None:
@@ -176,6 +187,9 @@ def test_canary_rewrites() -> None:
     assert first_sentence(response) == "The capital of Peru is Lima."
     assert first_sentence("1. Robin\n2. Crow") == "1. Robin"  # a list item is a line
     assert first_sentence("It is 3.14 or so") == "It is 3.14 or so"
+    assert first_sentence("It is 42. Because.") == "It is 42."
+    assert first_sentence('He said "yes." Then left.') == 'He said "yes."'
+    assert first_sentence("1. Robin. A bird.\n2. Crow") == "1. Robin."
     assert rewrite("empty", "p", response, rng) == ""
     chat = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Peru?")]
     assert rewrite("echo", chat, response, rng) == "Peru?"
@@ -191,17 +205,28 @@ def test_probes_are_chosen_from_a_runs_request_only_and_reproducibly() -> None:
              for i in range(20)]  # fmt: skip
     questions = [MetaQuestion(id="ok", text="Is it right?")]
     request = RewardRequest(items=items, questions=questions, run="r1", step=4)
-    config = MonitoringConfig(canary_rate=0.1)
-    probes = choose_probes(request, questions, config)
-    assert probes.anchors == [0, 1, 2]  # every anchored item (anchor_rate 1)
-    assert len(probes.canaries) == 2 and len({kind for _, kind, _ in probes.canaries}) == 2
+    every = MonitoringConfig(canary_rate=1.0, anchor_rate=1.0)
+    probes = choose_probes(request, questions, every)
+    assert probes.anchors == [0, 1, 2]  # every anchored item
+    assert len(probes.canaries) == 20 and {kind for _, kind, _ in probes.canaries} == set(KINDS)
     assert all(c.response != items[i].response for i, _, c in probes.canaries)
-    assert probes == choose_probes(request, questions, config)  # same run, step, items: same probes
-    assert choose_probes(request.model_copy(update={"run": None}), questions, config).canaries == []
+    assert probes == choose_probes(request, questions, every)  # same run, step, items: same probes
+    assert choose_probes(request.model_copy(update={"run": None}), questions, every).canaries == []
     only_referenced = [MetaQuestion(id="same", text="Same as the reference?", requires_reference=True)]
-    assert choose_probes(request, only_referenced, config).anchors == []  # cannot be asked without it
+    assert choose_probes(request, only_referenced, every).anchors == []  # cannot be asked without it
+    # The budget goes to canaries first, so a fully anchored batch still gets them.
     capped = choose_probes(request, questions, MonitoringConfig(canary_rate=1.0, max_probes_per_request=5))
-    assert len(capped.anchors) + len(capped.canaries) == 5
+    assert len(capped.canaries) == 5 and capped.anchors == []
+    # The rate is per response, whatever the request's size: one-item requests are not all probed.
+    singles = [RewardRequest(items=[Item(prompt="q", response=f"Answer {n}. Yes.")], questions=questions,
+                             run="r1", step=n) for n in range(400)]  # fmt: skip
+    probed_share = sum(bool(choose_probes(r, questions, MonitoringConfig()).canaries) for r in singles) / 400
+    assert 0.06 < probed_share < 0.14  # canary_rate 0.1
+    one_sentence = RewardRequest(items=[Item(prompt="q", response="Lima.")], questions=questions, run="r")
+    cut = choose_probes(
+        one_sentence, questions, MonitoringConfig(canary_rate=1.0, canary_kinds=["first_sentence"])
+    )
+    assert cut.canaries == []  # the same text is no canary
 
 
 def test_step_stats_round_trip_through_json() -> None:
@@ -219,13 +244,16 @@ def test_step_stats_round_trip_through_json() -> None:
     assert summary.anchor is not None and summary.anchor.gap == pytest.approx(0.3)
     assert summary.canaries["empty"].p_yes_mean == 0.5
     assert sorted(s.reward or 0 for s in again.sample_list() if s.kind == "top") == [-0.5, -0.2, -0.1]
-    old_row = {k: v for k, v in stats.to_json().items() if k not in ("anchor", "canaries", "samples")}
-    assert StepStats.from_json(old_row).summary(3).anchor is None  # rows from before probes existed
+    old_row = {k: v for k, v in stats.to_json().items()
+               if k not in ("anchor", "canaries", "samples", "rule_items", "rule_passes")}  # fmt: skip
+    old = StepStats.from_json(old_row).summary(3)  # a row from before probes and rule counts existed
+    assert old.anchor is None and old.rule_items == 1 and old.rule_pass_rate == 0.0
 
 
 @pytest.mark.model
 async def test_a_run_is_monitored_over_http_and_survives_a_restart(tmp_path: Path) -> None:
-    monitoring = {"db_path": str(tmp_path / "runs.sqlite"), "window": 1, "canary_rate": 1.0}
+    monitoring = {"db_path": str(tmp_path / "runs.sqlite"), "window": 1, "canary_rate": 1.0,
+                  "anchor_rate": 1.0, "canary_kinds": ["empty", "echo"]}  # fmt: skip
     settings = service_settings(monitoring=monitoring)
     questions = [{"id": "correct", "text": "Is the answer correct?"}]
     items = [

@@ -46,10 +46,17 @@ def record_run(db: Path, run: str = "page-test", steps: int = 8) -> RunMonitor:
 
 
 def test_the_page_renders_every_plot_and_escapes_the_policys_text(tmp_path: Path) -> None:
-    report = record_run(tmp_path / "runs.sqlite").report("page-test")
+    monitor = record_run(tmp_path / "runs.sqlite")
+    report = monitor.report("page-test")
     assert report is not None
+    assert [s.alarm for s in report.steps][-1] == report.alarm  # the alarm's history, step by step
+    assert report.steps[0].alarm == "ok"  # too early for any signal
+    # The policy's text is shown to the tenant that sent it (and admins), not to others.
+    assert report.samples and monitor.report("page-test", viewer="anonymous") == report
+    other = monitor.report("page-test", viewer="team-b")
+    assert other is not None and other.samples == [] and other.steps == report.steps
     page = render(report)
-    assert page.count("<svg") == 7 and page.count("<polyline") >= 7
+    assert page.count("<svg") == 8 and page.count("<polyline") >= 8
     assert "<script>" not in page and "&lt;script&gt;" in page  # the policy's text is data
     assert f"background:{LEVEL_COLOURS[report.alarm]}" in page
     assert "rule_trend" in page and "canaries" in page
@@ -77,7 +84,7 @@ def test_the_page_in_headless_chromium(tmp_path: Path) -> None:
         dom = subprocess.run([*browser, "--dump-dom", f"{url}/runs/page-test"], check=True,
                              capture_output=True, timeout=120, text=True).stdout  # fmt: skip
     assert "<title>rlme run page-test</title>" in dom  # the injected script did not run
-    assert dom.count("<polyline") >= 7
+    assert dom.count("<polyline") >= 8
     image = Image.open(shot).convert("RGB")
     assert image.size == (1000, 1700)
 

@@ -100,7 +100,7 @@ class Scoring:
             evaluators=None if evaluators is None else tuple(map(EvaluatorChoice.model_validate, evaluators)),
             send_reference=send_reference,
             run=overrides.get("run", env.get(ENV_RUN) or None),
-            step_seconds=float(overrides.get("step_seconds", env.get(ENV_STEP_SECONDS) or 60.0)),
+            step_seconds=_positive(overrides.get("step_seconds", env.get(ENV_STEP_SECONDS) or 60.0)),
         )
 
     def request_options(self, step: int | None = None) -> dict[str, Any]:
@@ -124,6 +124,15 @@ SCORING_KEYS = ("rubric", "questions", "evaluators", "send_reference", "run", "s
 def scoring_for_call(kwargs: Mapping[str, Any]) -> Scoring:
     """Env settings, overridden by scoring keys a framework passes through as kwargs."""
     return Scoring.from_env(**{key: kwargs[key] for key in SCORING_KEYS if key in kwargs})
+
+
+def _positive(value: Any) -> float:
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
+        raise ValueError(
+            f"${ENV_STEP_SECONDS} (step_seconds) must be a positive number of seconds, not {value!r}"
+        )
+    return seconds
 
 
 def _flag(value: Any) -> bool:

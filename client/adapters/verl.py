@@ -98,7 +98,9 @@ def _step(extra_info: Mapping[str, Any] | None) -> int | None:
     """verl 0.9.1 passes no training step to reward functions; a reward manager that adds
     extra_info["global_steps"] (verl's pattern for per-step state) gives one."""
     value = (extra_info or {}).get("global_steps")
-    return int(value) if isinstance(value, int | float) and value >= 0 else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        return None
+    return int(value)
 
 
 def _item(

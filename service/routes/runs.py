@@ -20,9 +20,10 @@ async def run_report(
 ) -> RunReport:
     """Per-step statistics of the run's rewards, the hacking signals and the alarm.
 
-    Runs are shared by the tenants of one service: a run id names a run, not a tenant."""
+    A run id names a run, not a tenant: every tenant sees its statistics, but the samples
+    (the policy's text) only of the steps its own requests tagged; admins see all."""
     monitor = request.app.state.scorer.monitor
-    report = monitor.report(run) if monitor is not None else None
+    report = monitor.report(run, None if who.admin else who.tenant) if monitor is not None else None
     if report is None:
         raise NotFound(f"no run {run!r}: tag reward requests with `run` (and `step`) to monitor one")
     return report
