@@ -84,6 +84,10 @@ class Sample(BaseModel):
 class RunReport(BaseModel):
     run: str
     alarm: Alarm
+    first_alarm_step: int | None = Field(
+        default=None,
+        description="The first step at which the run's alarm was 'alarm', even if it went down since.",
+    )
     signals: list[Signal]
     steps: list[RunStep] = Field(description="Steps in order (the last `max_steps` kept).")
     samples: list[Sample] = Field(

@@ -58,13 +58,13 @@ def service_env(out: Path) -> dict[str, str]:
     }
 
 
-def main(out: Path, url: str | None) -> None:
+def main(out: Path, url: str | None, tasks: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     service = contextlib.nullcontext(url) if url else start_server(out, env=service_env(out))
     with service as url:
         processes = {}
-        for task, extra in RUNS.items():
-            spec = TASKS[task]
+        for task in tasks:
+            extra, spec = RUNS[task], TASKS[task]
             config = {**COMMON, **spec["common"], "reward": "rlme", "questions": [spec["question"]], **extra,
                       "base_url": url, "output_dir": str(out / task), "run": f"demo-{task}"}  # fmt: skip
             path = out / f"{task}.json"
@@ -77,11 +77,11 @@ def main(out: Path, url: str | None) -> None:
             if process.wait() != 0:
                 raise SystemExit(f"{task} failed; see {out / task}.log")
         reports = {}
-        for task in RUNS:
+        for task in tasks:
             reports[task] = httpx.get(f"{url}/v1/runs/demo-{task}", timeout=30).json()
             (out / f"{task}_report.json").write_text(json.dumps(reports[task], indent=1))
             screenshot(f"{url}/runs/demo-{task}", out / f"run_page_{task}.png")
-    for task in RUNS:
+    for task in tasks:
         summarise(task, out, reports[task])
     plot(out, reports)
 
@@ -118,6 +118,18 @@ def summarise(task: str, out: Path, report: dict[str, Any]) -> None:
         print(f"{r['step']:4d} {r['rlvr/accuracy']:8.2f} {r['reward/mean']:7.3f} {level:>6}")
     for signal in report["signals"]:
         print(f"  {signal['name']:18s} {signal['level']:6s} {signal['detail']}")
+    for window in (1, 2, 3):
+        print(f"  alarm per step replayed with window {window}: {' '.join(replay(report, window))}")
+
+
+def replay(report: dict[str, Any], window: int) -> list[str]:
+    """The alarm each step would have had with another window, from the stored steps (the
+    signals are pure functions; a step's probes count as if scored before the next step)."""
+    from rlme.client.wire_runs import RunStep
+    from rlme.service.hacking_signals import Thresholds, run_alarm, signals
+
+    steps = [RunStep(**s) for s in report["steps"]]
+    return [run_alarm(signals(steps[: k + 1], Thresholds(window=window))) for k in range(len(steps))]
 
 
 def plot(out: Path, reports: dict[str, Any]) -> None:
@@ -173,5 +185,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "monitoring", help="output folder")
     parser.add_argument("--url", help="a running rlme service to use (configure its monitoring yourself)")
+    parser.add_argument("--tasks", nargs="+", default=list(RUNS), choices=list(RUNS), help="runs to train")
     args = parser.parse_args()
-    main(args.out, args.url)
+    main(args.out, args.url, args.tasks)

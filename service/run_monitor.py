@@ -105,7 +105,15 @@ class RunMonitor:
                 for sample in steps[s].sample_list()
             ]
         found = signals(summaries, self.thresholds)
-        return RunReport(run=run, alarm=run_alarm(found), signals=found, steps=summaries, samples=samples)
+        first = next((s.step for s in summaries if s.alarm == "alarm"), None)
+        return RunReport(
+            run=run,
+            alarm=run_alarm(found),
+            first_alarm_step=first,
+            signals=found,
+            steps=summaries,
+            samples=samples,
+        )
 
     def _alarm(self, run: str) -> Alarm:
         with self._lock:

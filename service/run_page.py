@@ -187,6 +187,13 @@ def render(report: RunReport) -> str:
     )
     steps = report.steps
     span = f"steps {steps[0].step}-{steps[-1].step}" if steps else "no steps"
+    history = ""
+    if report.first_alarm_step is not None:
+        since = [s for s in steps if s.step >= report.first_alarm_step]
+        raised = sum(s.alarm == "alarm" for s in since)
+        badge = f'<span class="badge" style="background:{LEVEL_COLOURS["alarm"]}">alarm</span>'
+        history = f"<p>{badge} first raised at step {report.first_alarm_step}, "
+        history += f"and at {raised} of the {len(since)} steps since.</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>rlme run {run}</title><style>{STYLE}</style></head>
 <body>
@@ -194,6 +201,7 @@ def render(report: RunReport) -> str:
 <p>{len(steps)} {span}; {sum(s.items for s in steps)} responses scored.
 Rendered {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}; the same data as JSON: /v1/runs/{run}.
 What each signal can and cannot tell: docs/monitoring.md.</p>
+{history}
 <h2>Signals</h2>
 <table><tr><th>signal</th><th>level</th><th>detail</th></tr>{signal_rows}</table>
 <h2>Per step</h2>

@@ -51,6 +51,8 @@ def test_the_page_renders_every_plot_and_escapes_the_policys_text(tmp_path: Path
     assert report is not None
     assert [s.alarm for s in report.steps][-1] == report.alarm  # the alarm's history, step by step
     assert report.steps[0].alarm == "ok"  # too early for any signal
+    assert report.first_alarm_step == next(s.step for s in report.steps if s.alarm == "alarm")
+    assert f"first raised at step {report.first_alarm_step}" in render(report)
     # The policy's text is shown to the tenant that sent it (and admins), not to others.
     assert report.samples and monitor.report("page-test", viewer="anonymous") == report
     other = monitor.report("page-test", viewer="team-b")
