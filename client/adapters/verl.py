@@ -90,7 +90,7 @@ def compute_score_batch(
         _item(solution, truth, extra, scoring)
         for solution, truth, extra in zip(solution_strs, ground_truths, extra_infos, strict=True)
     ]
-    step = _step(extra_infos[0]) if extra_infos else None
+    step = _step(extra_infos[0]) if len(extra_infos) else None  # verl passes numpy arrays
     return list(client.rewards(items, **scoring.request_options(step)).rewards)
 
 
