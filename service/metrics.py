@@ -128,8 +128,8 @@ class Metrics:
         )
         self.run_probes = Counter(
             "rlme_run_probes",
-            "Run monitor probes (anchors re-scored, canaries): outcome ok counts probes, failed counts "
-            "requests whose probes could not be scored (overload, shutdown).",
+            "Run monitor probes (anchors re-scored, canaries): outcome ok counts probes scored; failed "
+            "and skipped count requests whose probes failed or were not tried (queue filling).",
             ["outcome"],
             registry=r,
         )
