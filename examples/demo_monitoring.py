@@ -39,7 +39,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from demo_rlme_vs_rlvr import COMMON, ONE_THREAD, ROOT, TASKS  # noqa: E402
+from demo_rlme_vs_rlvr import COMMON, ONE_THREAD, ROOT, TASKS, train_side_by_side  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
 from support import start_server  # noqa: E402
@@ -62,20 +62,12 @@ def main(out: Path, url: str | None, tasks: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     service = contextlib.nullcontext(url) if url else start_server(out, env=service_env(out))
     with service as url:
-        processes = {}
-        for task in tasks:
-            extra, spec = RUNS[task], TASKS[task]
-            config = {**COMMON, **spec["common"], "reward": "rlme", "questions": [spec["question"]], **extra,
-                      "base_url": url, "output_dir": str(out / task), "run": f"demo-{task}"}  # fmt: skip
-            path = out / f"{task}.json"
-            path.write_text(json.dumps(config))
-            command = [sys.executable, "-m", "rlme.trainer.grpo", "--config", str(path)]
-            log = (out / f"{task}.log").open("w")
-            processes[task] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                               env={**os.environ, **ONE_THREAD})  # fmt: skip
-        for task, process in processes.items():
-            if process.wait() != 0:
-                raise SystemExit(f"{task} failed; see {out / task}.log")
+        train_side_by_side(out, {
+            task: {**COMMON, **spec["common"], "reward": "rlme", "questions": [spec["question"]],
+                   **RUNS[task], "base_url": url, "output_dir": str(out / task), "run": f"demo-{task}"}
+            for task in tasks
+            for spec in [TASKS[task]]
+        })  # fmt: skip
         reports = {}
         for task in tasks:
             reports[task] = httpx.get(f"{url}/v1/runs/demo-{task}", timeout=30).json()

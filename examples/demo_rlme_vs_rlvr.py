@@ -85,18 +85,10 @@ def main(task: str, out_root: Path, url: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     service = contextlib.nullcontext(url) if url else start_server(out, env=ONE_THREAD)
     with service as url:
-        processes = {}
-        for name, extra in runs.items():
-            config = {**COMMON, **spec["common"], **extra, "base_url": url, "output_dir": str(out / name)}
-            path = out / f"{name}.json"
-            path.write_text(json.dumps(config))
-            command = [sys.executable, "-m", "rlme.trainer.grpo", "--config", str(path)]
-            log = (out / f"{name}.log").open("w")
-            processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                               env={**os.environ, **ONE_THREAD})  # fmt: skip
-        for name, process in processes.items():
-            if process.wait() != 0:
-                raise SystemExit(f"{name} failed; see {out / name}.log")
+        train_side_by_side(out, {
+            name: {**COMMON, **spec["common"], **extra, "base_url": url, "output_dir": str(out / name)}
+            for name, extra in runs.items()
+        })  # fmt: skip
         final = f"checkpoints/step_{COMMON['steps']:06d}"
         policies = {"initial": "embedded", **{name: str(out / name / final) for name in runs}}
         table = evaluate(url, spec, policies, max_new_tokens=spec["common"]["max_new_tokens"])
@@ -107,6 +99,21 @@ def main(task: str, out_root: Path, url: str | None = None) -> None:
         print(f"{name:8s} {row['rule']:15.3f} {row['reward']:12.3f} {row['p_yes']:6.3f} {row['tokens']:7.1f}")
     plot(out, out / spec["figure"], table)
     print(f"figure: {out / spec['figure']}")
+
+
+def train_side_by_side(out: Path, configs: dict[str, dict[str, Any]]) -> None:
+    """One GRPO trainer process per config, all at once (OUT/<name>.json, OUT/<name>.log)."""
+    processes = {}
+    for name, config in configs.items():
+        path = out / f"{name}.json"
+        path.write_text(json.dumps(config))
+        command = [sys.executable, "-m", "rlme.trainer.grpo", "--config", str(path)]
+        log = (out / f"{name}.log").open("w")
+        processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                           env={**os.environ, **ONE_THREAD})  # fmt: skip
+    for name, process in processes.items():
+        if process.wait() != 0:
+            raise SystemExit(f"{name} failed; see {out / name}.log")
 
 
 def evaluate(url: str, spec: dict[str, Any], policies: dict[str, str], max_new_tokens: int) -> dict[str, Any]:

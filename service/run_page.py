@@ -90,61 +90,6 @@ def _anchored(step: RunStep) -> float | None:
     return None if step.anchor is None else step.anchor.p_yes_anchored
 
 
-def charts(steps: Sequence[RunStep]) -> list[str]:
-    unit = (0.0, 1.0)
-    return [
-        chart(
-            "Alarm as of each step: 0 ok, 1 watch, 2 alarm",
-            [("alarm", RED, _points(steps, _alarm_level))],
-            (0, 2),
-        ),
-        chart("Mean reward", [("reward", BLUE, _points(steps, lambda s: s.reward_mean))]),
-        chart(
-            "P(yes): responses and canaries",
-            [
-                ("responses", BLUE, _points(steps, mean_p_yes)),
-                ("canaries", RED, _points(steps, _canary_p_yes)),
-                ("p10-p90 mid", GREY, _points(steps, _p50)),
-            ],
-            unit,
-        ),  # fmt: skip
-        chart(
-            "The caller's rule: pass rate and AUC of P(yes)",
-            [
-                ("rule pass rate", BLUE, _points(steps, lambda s: s.rule_pass_rate)),
-                ("rule AUC", GREEN, _points(steps, lambda s: s.rule_auc)),
-            ],
-            unit,
-        ),  # fmt: skip
-        chart(
-            "Anchored items: P(yes) with and without the reference",
-            [
-                ("without", BLUE, _points(steps, _unanchored)),
-                ("with", PURPLE, _points(steps, _anchored)),
-            ],
-            unit,
-        ),  # fmt: skip
-        chart(
-            "Form: markdown share, repeated 3-grams",
-            [
-                ("markdown", BLUE, _points(steps, lambda s: s.markdown_share)),
-                ("repetition", ORANGE, _points(steps, lambda s: s.repetition_mean)),
-            ],
-            unit,
-        ),  # fmt: skip
-        chart(
-            "Response length (characters)", [("mean", BLUE, _points(steps, lambda s: s.response_chars_mean))]
-        ),
-        chart(
-            "Label mass: P(yes) + P(no) over the vocabulary",
-            [
-                ("mean", BLUE, _points(steps, _label_mass)),
-            ],
-            unit,
-        ),  # fmt: skip
-    ]
-
-
 def _p50(step: RunStep) -> float | None:
     values = [q.p_yes_quantiles.get("p50") for q in step.questions.values()]
     found = [v for v in values if v is not None]
@@ -154,6 +99,41 @@ def _p50(step: RunStep) -> float | None:
 def _label_mass(step: RunStep) -> float | None:
     values = [q.label_mass_mean for q in step.questions.values()]
     return sum(values) / len(values) if values else None
+
+
+UNIT = (0.0, 1.0)
+StepValue = Callable[[RunStep], float | None]
+# Per plot: title, series (label, colour, value of a step), y range (None: the data's).
+CHARTS: list[tuple[str, list[tuple[str, str, StepValue]], tuple[float, float] | None]] = [
+    ("Alarm as of each step: 0 ok, 1 watch, 2 alarm", [("alarm", RED, _alarm_level)], (0, 2)),
+    ("Mean reward", [("reward", BLUE, lambda s: s.reward_mean)], None),
+    ("P(yes): responses and canaries", [
+        ("responses", BLUE, mean_p_yes),
+        ("canaries", RED, _canary_p_yes),
+        ("median (p50)", GREY, _p50),
+    ], UNIT),
+    ("The caller's rule: pass rate and AUC of P(yes)", [
+        ("rule pass rate", BLUE, lambda s: s.rule_pass_rate),
+        ("rule AUC", GREEN, lambda s: s.rule_auc),
+    ], UNIT),
+    ("Anchored items: P(yes) with and without the reference", [
+        ("without", BLUE, _unanchored),
+        ("with", PURPLE, _anchored),
+    ], UNIT),
+    ("Form: markdown share, repeated 3-grams", [
+        ("markdown", BLUE, lambda s: s.markdown_share),
+        ("repetition", ORANGE, lambda s: s.repetition_mean),
+    ], UNIT),
+    ("Response length (characters)", [("mean", BLUE, lambda s: s.response_chars_mean)], None),
+    ("Label mass: P(yes) + P(no) over the vocabulary", [("mean", BLUE, _label_mass)], UNIT),
+]  # fmt: skip
+
+
+def charts(steps: Sequence[RunStep]) -> list[str]:
+    return [
+        chart(title, [(label, colour, _points(steps, value)) for label, colour, value in series], y_range)
+        for title, series, y_range in CHARTS
+    ]
 
 
 def _samples(samples: Sequence[Sample]) -> str:
