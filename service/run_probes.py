@@ -86,9 +86,7 @@ def anchor_pairs(
     ]
 
 
-def canary_scores(
-    request: RewardRequest, probes: Probes, real: list[ItemResult], scored: list[ItemResult]
-) -> list[CanaryScore]:
+def canary_scores(probes: Probes, real: list[ItemResult], scored: list[ItemResult]) -> list[CanaryScore]:
     return [
         CanaryScore(kind, prompt_text(item.prompt), item.response, mean_p_yes(result), mean_p_yes(real[i]))
         for (i, kind, item), result in zip(probes.canaries, scored, strict=True)

@@ -239,7 +239,7 @@ class RewardScorer:
             if probes.canaries:
                 items = [item for _, _, item in probes.canaries]
                 scored = await self._score(RewardRequest(items=items, questions=plan.questions), plan, tenant)
-                canaries = canary_scores(request, probes, response.results, scored.results)
+                canaries = canary_scores(probes, response.results, scored.results)
             self.monitor.observe_probes(request.run, step, anchors, canaries)
             self.metrics.run_probes.labels("ok").inc(len(anchors) + len(canaries))
         except asyncio.CancelledError:  # the service is stopping
