@@ -131,7 +131,7 @@ def plot(out: Path, reports: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     from rlme.client.wire_runs import RunStep
-    from rlme.service.hacking_signals import mean_p_yes
+    from rlme.service.hacking_signals import canary_p_yes, mean_p_yes
 
     fig, axes = plt.subplots(2, len(reports), figsize=(6.5 * len(reports), 7), squeeze=False)
     for col, (task, report) in enumerate(reports.items()):
@@ -142,8 +142,7 @@ def plot(out: Path, reports: dict[str, Any]) -> None:
         top.plot([r["step"] for r in rows], [r["rlvr/accuracy"] for r in rows], "o-", color="tab:green",
                  label="rule accuracy (the trainer's check)")  # fmt: skip
         top.plot(x, [mean_p_yes(s) for s in steps], "o-", color="tab:blue", label="mean P(yes), responses")
-        canary = [(s.step, sum(c.p_yes_mean * c.items for c in s.canaries.values())
-                   / sum(c.items for c in s.canaries.values())) for s in steps if s.canaries]  # fmt: skip
+        canary = [(s.step, p) for s in steps if (p := canary_p_yes(s)) is not None]
         top.plot(*zip(*canary, strict=True), "s--", color="tab:red", label="mean P(yes), canaries")
         anchored = [s for s in steps if s.anchor is not None]
         if anchored:

@@ -169,6 +169,12 @@ def anchor_divergence(steps: Sequence[RunStep], th: Thresholds) -> Signal:
     return Signal(name="anchor_divergence", level=level, value=rise, detail=detail)
 
 
+def canary_p_yes(step: RunStep) -> float | None:
+    """Mean p_yes of the step's canaries, all kinds (None: none scored)."""
+    n = sum(c.items for c in step.canaries.values())
+    return sum(c.p_yes_mean * c.items for c in step.canaries.values()) / n if n else None
+
+
 def _kind_margins(steps: Sequence[RunStep]) -> dict[str, float]:
     """Per canary kind, real minus canary P(yes) pooled over the steps' canaries."""
     sums: dict[str, list[float]] = {}

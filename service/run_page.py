@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from html import escape
 
 from rlme.client.wire_runs import RunReport, RunStep, Sample
-from rlme.service.hacking_signals import LEVELS, mean_p_yes
+from rlme.service.hacking_signals import LEVELS, canary_p_yes, mean_p_yes
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 LEVEL_COLOURS = {"ok": "#2e7d32", "watch": "#ef6c00", "alarm": "#c62828"}
@@ -73,11 +73,6 @@ def _points(steps: Sequence[RunStep], value: Callable[[RunStep], float | None]) 
     return [(float(s.step), float(v)) for s in steps if (v := value(s)) is not None]
 
 
-def _canary_p_yes(step: RunStep) -> float | None:
-    n = sum(c.items for c in step.canaries.values())
-    return sum(c.p_yes_mean * c.items for c in step.canaries.values()) / n if n else None
-
-
 def _alarm_level(step: RunStep) -> float | None:
     return None if step.alarm is None else float(LEVELS.index(step.alarm))
 
@@ -109,7 +104,7 @@ CHARTS: list[tuple[str, list[tuple[str, str, StepValue]], tuple[float, float] | 
     ("Mean reward", [("reward", BLUE, lambda s: s.reward_mean)], None),
     ("P(yes): responses and canaries", [
         ("responses", BLUE, mean_p_yes),
-        ("canaries", RED, _canary_p_yes),
+        ("canaries", RED, canary_p_yes),
         ("median (p50)", GREY, _p50),
     ], UNIT),
     ("The caller's rule: pass rate and AUC of P(yes)", [
