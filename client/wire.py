@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from rlme.client.wire_base import (
+    MAX_INT64,
+    MAX_NAME_CHARS,
+    MAX_QUESTION_CHARS,
+    MAX_WEIGHT,
+    _Wire,
+)
 from rlme.client.wire_runs import RUN_ID_PATTERN, Alarm, QuestionStep, RunReport, RunStep, Signal
 
 Role = Literal["system", "user", "assistant", "tool"]
-
-
-class _Wire(BaseModel):
-    # NaN and Infinity are valid JSON for Python's parser; they are never a valid weight.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ChatMessage(_Wire):
@@ -36,7 +38,7 @@ class Item(_Wire):
         description="The prompt the generator answered: plain text or a list of chat messages."
     )
     response: str = Field(description="The generator's response to judge.")
-    id: str | None = Field(default=None, description="Echoed back in the result.")
+    id: str | None = Field(default=None, max_length=256, description="Echoed back in the result.")
     reference: str | None = Field(
         default=None,
         description="Ground truth or context. When given, the evaluator is shown it "
@@ -60,10 +62,14 @@ class Item(_Wire):
 class MetaQuestion(_Wire):
     """A yes/no question the evaluator answers about each item."""
 
-    id: str = Field(min_length=1, max_length=128, description="Names the question in results.")
-    text: str = Field(min_length=1, description="The question, e.g. 'Is the answer correct?'")
+    id: str = Field(min_length=1, max_length=MAX_NAME_CHARS, description="Names the question in results.")
+    text: str = Field(
+        min_length=1, max_length=MAX_QUESTION_CHARS, description="The question, e.g. 'Is the answer correct?'"
+    )
     weight: float = Field(
         default=1.0,
+        ge=-MAX_WEIGHT,
+        le=MAX_WEIGHT,
         description="w_k in r = sum v_j w_k log p_yes. Negative weights penalise a 'Yes'.",
     )
     requires_reference: bool = Field(
@@ -72,8 +78,10 @@ class MetaQuestion(_Wire):
 
 
 class EvaluatorChoice(_Wire):
-    name: str = Field(min_length=1, description="A configured evaluator (GET /v1/evaluators).")
-    weight: float = Field(default=1.0, ge=0.0, description="v_j in r = sum v_j w_k log p_yes.")
+    name: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description="A configured evaluator (GET /v1/evaluators)."
+    )
+    weight: float = Field(default=1.0, ge=0.0, le=MAX_WEIGHT, description="v_j in r = sum v_j w_k log p_yes.")
 
 
 class RewardRequest(_Wire):
@@ -82,7 +90,9 @@ class RewardRequest(_Wire):
         default=None, description="Inline meta-questions. Give these or `rubric`, not both."
     )
     rubric: str | None = Field(
-        default=None, description="A named server-side set of questions (GET /v1/rubrics)."
+        default=None,
+        max_length=MAX_NAME_CHARS,
+        description="A named server-side set of questions (GET /v1/rubrics).",
     )
     evaluators: list[EvaluatorChoice] | None = Field(
         default=None, description="Evaluators and their weights; default: the default evaluator."
@@ -91,9 +101,12 @@ class RewardRequest(_Wire):
         default=None,
         pattern=RUN_ID_PATTERN,
         description="Optional training-run id: the service keeps per-step statistics of this run's "
-        "rewards and raises an alarm when they stop meaning what they meant (GET /v1/runs/{run}).",
+        "rewards and raises an alarm when they stop meaning what they meant (GET /v1/runs/{run}). "
+        "A run belongs to the caller's tenant: another tenant's run of the same id is another run.",
     )
-    step: int | None = Field(default=None, ge=0, description="The run's training step (with `run`).")
+    step: int | None = Field(
+        default=None, ge=0, le=MAX_INT64, description="The run's training step (with `run`)."
+    )
     calibrated: bool | None = Field(
         default=None,
         description="Add `p_yes_calibrated` to each score from the calibration fitted for its "
@@ -213,15 +226,21 @@ class RubricList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "loading", "error"]
     evaluators: dict[str, str] = Field(description="Evaluator name -> 'ok', 'loading' or an error.")
+    stores: dict[str, str] = Field(
+        default_factory=dict,
+        description="Optional state files (runs, calibrations) -> 'ok' or why they are not used. A "
+        "broken store degrades monitoring or calibration; rewards are still served.",
+    )
 
 
 # OpenRLHF's remote reward model contract (`--reward.remote_url`): query = prompt + response.
-class OpenRLHFRewardRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
+class OpenRLHFRewardRequest(_Wire):
     query: list[str] = Field(min_length=1)
     prompts: list[str] | None = None
     labels: list[str | None] | None = None
+    metas: list[object] | None = Field(
+        default=None, description="Sent by OpenRLHF 0.11+ (per-sample metadata); accepted, not read."
+    )
 
 
 class OpenRLHFRewardResponse(BaseModel):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
 
-from rlme.client.wire import EvaluatorChoice, Item, MetaQuestion, _no_duplicates, _Wire
+from rlme.client.wire import EvaluatorChoice, Item, MetaQuestion, _no_duplicates
+from rlme.client.wire_base import MAX_NAME_CHARS, _Wire
 
 
 class LabelledItem(Item):
@@ -19,8 +20,10 @@ class LabelledItem(Item):
 class CalibrationRequest(_Wire):
     items: list[LabelledItem] = Field(min_length=8, description="Labelled items; both labels needed.")
     questions: list[MetaQuestion] | None = Field(default=None, description="Or `rubric`.")
-    rubric: str | None = None
-    evaluator: str | None = Field(default=None, description="Default: the default evaluator.")
+    rubric: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    evaluator: str | None = Field(
+        default=None, max_length=MAX_NAME_CHARS, description="Default: the default evaluator."
+    )
     held_out_fraction: float = Field(
         default=0.25, gt=0, lt=1, description="Share of each label's items kept out of the fit, for ECE."
     )
@@ -55,6 +58,15 @@ class Calibration(BaseModel):
     brier_before: float
     brier_after: float
     fitted_at: float = Field(description="Unix time.")
+    accepted: bool = Field(
+        default=True,
+        description="Kept and applied to `calibrated: true` requests. False: the fit was refused (its "
+        "slope is not positive, or both held-out ECE and Brier got worse; `warning` says which) and "
+        "the previous calibration, if any, stays.",
+    )
+    warning: str | None = Field(
+        default=None, description="Why a fit was refused, or what got worse on the held-out items."
+    )
 
 
 class CalibrationList(BaseModel):

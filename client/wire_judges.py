@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from rlme.client.wire_base import (
+    MAX_INT64,
+    MAX_LABEL_CHARS,
+    MAX_NAME_CHARS,
+    MAX_STOP_CHARS,
+    MAX_WEIGHT,
+    _Wire,
+)
 
 JudgeKind = Literal["pointwise", "pairwise", "meta"]
 # Placeholders each kind of template must use ({reference} is optional for pointwise).
@@ -21,10 +30,6 @@ PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "meta": ("prompt", "response", "judgment_a", "judgment_b"),
 }
 OPTIONAL_PLACEHOLDERS: dict[str, tuple[str, ...]] = {"pointwise": ("reference",), "pairwise": (), "meta": ()}
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class JudgeTemplate(_Wire):
@@ -47,18 +52,26 @@ class JudgeTemplate(_Wire):
         default_factory=lambda: ["1", "2", "3", "4", "5"],
         min_length=2,
         max_length=20,
-        description="Verdicts, each one token for the evaluator's tokenizer. Pairwise and meta: the "
-        "first names the first-shown candidate, the second the other.",
+        description="Verdicts, each one token for the evaluator's tokenizer (never one of its special "
+        f"tokens; at most {MAX_LABEL_CHARS} characters). Pairwise and meta: the first names the "
+        "first-shown candidate, the second the other.",
     )
     label_values: list[float] | None = Field(
         None, description="Pointwise: the number each label stands for; default: the label read as a number."
     )
-    max_tokens: int = Field(256, ge=1, description="Default length limit of the rationale, in tokens.")
+    max_tokens: int = Field(
+        256, ge=1, le=MAX_INT64, description="Default length limit of the rationale, in tokens."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> JudgeTemplate:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("`labels` has duplicates")
+        for label in self.labels:
+            if not label.strip() or len(label) > MAX_LABEL_CHARS:
+                raise ValueError(
+                    f"each label is a word of 1 to {MAX_LABEL_CHARS} characters, got {label[:40]!r}"
+                )
         if self.kind != "pointwise" and len(self.labels) != 2:
             raise ValueError(f"a {self.kind} judge has exactly two labels (first shown, second shown)")
         if self.kind == "pointwise":
@@ -69,28 +82,44 @@ class JudgeTemplate(_Wire):
                     raise ValueError("labels that are not numbers need `label_values`") from None
             if len(self.label_values) != len(self.labels):
                 raise ValueError("`label_values` needs one number per label")
+            if any(abs(v) > MAX_WEIGHT for v in self.label_values):
+                raise ValueError(f"`label_values` must lie within +-{MAX_WEIGHT:g}")
             if len(set(self.label_values)) < 2:
                 raise ValueError("`label_values` must not all be equal: the score would say nothing")
         return self
 
 
 class SamplingFields(_Wire):
-    samples: int = Field(1, ge=1, description="Judgments per prompt (the server caps it).")
+    samples: int = Field(1, ge=1, le=MAX_INT64, description="Judgments per prompt (the server caps it).")
     temperature: float = Field(0.0, ge=0, le=2, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1, description="Rationale length limit; default: the template's.")
-    stop: list[str] = Field(default_factory=list, max_length=4, description="Extra stop strings.")
-    seed: int | None = Field(None, description="Makes sampled judgments reproducible.")
-    judge: str | None = Field(None, description="A named judge (GET /v1/judges). Give this or `template`.")
+    max_tokens: int | None = Field(
+        None, ge=1, le=MAX_INT64, description="Rationale length limit; default: the template's."
+    )
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description=f"Extra stop strings (at most 4, each 1 to {MAX_STOP_CHARS} characters).",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_INT64, description="Makes sampled judgments reproducible (0 to 2**63 - 1)."
+    )
+    judge: str | None = Field(
+        None,
+        max_length=MAX_NAME_CHARS,
+        description="A named judge (GET /v1/judges). Give this or `template`.",
+    )
     template: JudgeTemplate | None = Field(None, description="An inline judge instead of a named one.")
-    evaluator: str | None = Field(None, description="Which evaluator judges; default: the default one.")
+    evaluator: str | None = Field(
+        None, max_length=MAX_NAME_CHARS, description="Which evaluator judges; default: the default one."
+    )
 
     @model_validator(mode="after")
     def _judge_xor_template(self) -> SamplingFields:
         if self.judge is not None and self.template is not None:
             raise ValueError("give either `judge` (a name) or `template`, not both")
-        if any(not s for s in self.stop):
-            raise ValueError("`stop` strings must not be empty")
+        if any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise ValueError(f"each `stop` string has 1 to {MAX_STOP_CHARS} characters")
         return self
 
 

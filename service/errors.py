@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlme.client.wire import ErrorBody, ErrorDetail
+from rlme.client.wire_base import SURROGATE_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,14 @@ class EvaluatorBroken(ServiceError):
     retryable = False
 
 
+class StoreUnavailable(ServiceError):
+    """An optional state file that cannot be used: an operator has to fix it."""
+
+    status_code = 503
+    code = "store_unavailable"
+    retryable = False
+
+
 class ServiceStopping(ServiceError):
     status_code = 503
     code = "shutting_down"
@@ -96,7 +105,10 @@ class DeadlineExceeded(ServiceError):
     retryable = True
 
     def __init__(self, waited_s: float) -> None:
-        super().__init__(f"the request waited {waited_s:.1f} s in the queue, past its deadline")
+        super().__init__(
+            f"the request waited {waited_s:.1f} s for the evaluator, past its deadline "
+            "(limits.request_timeout_s); retry later or send less work per request"
+        )
 
 
 class EvaluatorFailed(ServiceError):
@@ -145,13 +157,19 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = []
         for error in exc.errors()[:10]:
             message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+            if error.get("type") == "string_unicode":  # pydantic's word for a lone surrogate
+                message = SURROGATE_MESSAGE
             problems.append(f"{_location(tuple(error.get('loc', ())))}: {message}")
         return error_response(request, 422, "invalid_request", "; ".join(problems), False)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(request, exc.status_code, code, str(exc.detail), False)
+        message = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in message:  # FastAPI could not decode it
+            code = "invalid_json"
+            message = "the body is not JSON this service can read: invalid UTF-8, or nested too deep"
+        return error_response(request, exc.status_code, code, message, False)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

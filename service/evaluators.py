@@ -100,13 +100,18 @@ class Evaluator:
         async with self._reload_lock:
             config = self.config.model_copy(update={"model": model}) if model else self.config
             backend = build_backend(config, self.cache_dir)
-            await _setup(backend)
-            label_mass = await check_labels(config, backend)
-            if self.loaded and backend.labels != self.backend.labels:
-                raise ValueError(
-                    f"the new model's label tokens {backend.labels.yes_tokens}/{backend.labels.no_tokens} "
-                    "differ from the current ones; reload only weights of the same tokenizer"
-                )
+            try:
+                await _setup(backend)
+                label_mass = await check_labels(config, backend)
+                if self.loaded and backend.labels != self.backend.labels:
+                    raise ValueError(
+                        f"the new model's label tokens {backend.labels.yes_tokens}/"
+                        f"{backend.labels.no_tokens} differ from the current ones; reload only "
+                        "weights of the same tokenizer"
+                    )
+            except BaseException:  # the old weights keep serving; the new engine is let go
+                await _close(backend)
+                raise
             self.batcher.backend = backend  # read by the batcher at the start of each batch
             old, self.backend, self.config = self.backend, backend, config
             for replica in getattr(old, "replicas", []):
@@ -214,7 +219,9 @@ class EvaluatorPool:
     def ready(self) -> bool:
         return all(e.loaded for e in self.evaluators.values())
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop every batcher (batches in an engine get `grace_s`, then are aborted), then close
+        the engines."""
+        await asyncio.gather(*(e.batcher.stop(grace_s) for e in self.evaluators.values()))
         for evaluator in self.evaluators.values():
-            await evaluator.batcher.stop()
             await _close(evaluator.backend)

@@ -161,12 +161,15 @@ def verdict_reading(tokenizer: Tokenizer, labels: list[str]) -> VerdictReading:
     where the label token would come. No case variants: " a" is an article, not verdict A.
     """
     groups = []
+    special = set(getattr(tokenizer, "all_special_ids", ()))
     for label in labels:
         ids = encode(tokenizer, label)
         if len(ids) != 1:
             raise ValueError(
                 f"verdict label {label!r} is {len(ids)} tokens for this evaluator; use single tokens"
             )
+        if ids[0] in special:  # a control token (end of turn, ...) is never a verdict
+            raise ValueError(f"verdict label {label!r} is a special token of this evaluator; use a word")
         groups.append(ids[0])
     spaced = [encode(tokenizer, " " + label) for label in labels]
     space = encode(tokenizer, " ")

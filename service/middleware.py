@@ -1,4 +1,5 @@
-"""One pure-ASGI middleware: request ids, latency metrics, and the body size limit.
+"""One pure-ASGI middleware: request ids, latency metrics, the body size limit, and a
+JSON 503 for a request the server gave up on while stopping.
 
 Pure ASGI rather than BaseHTTPMiddleware, which costs a task per request; the HTTP path
 must stay within 10% of calling the backend in process.
@@ -6,6 +7,7 @@ must stay within 10% of calling the backend in process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -20,10 +22,6 @@ log = logging.getLogger("rlme.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
 access_log = logging.getLogger("rlme.access")
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class RequestContextMiddleware:
@@ -42,38 +40,53 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        started_response = False
         limit = self.max_body_bytes
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _reject_too_large(send, request_id, limit)
+            await _reject(send, request_id, 413, _too_large(limit))
             return
-
-        received = 0
-
-        async def receive_limited() -> Message:
-            nonlocal received
+        # The whole body is read here, within the limit, declared or chunked alike: a body
+        # that grows past it gets the same 413 before any route parses a byte of it.
+        body = bytearray()
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                await _reject(send, request_id, 413, _too_large(limit))
+                return
+        replayed = False
+
+        async def receive_buffered() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as Starlette does
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode())]
             await send(message)
 
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive_limited, send_with_id)
-        except _BodyTooLarge:
-            status = 413
-            await _reject_too_large(send, request_id, limit)
+            await self.app(scope, receive_buffered, send_with_id)
+        except asyncio.CancelledError:
+            # The server stopped waiting for this request (shutdown past its grace period):
+            # the caller gets a JSON 503 to retry elsewhere, never a bare 500.
+            if not started_response:
+                status = 503
+                await _reject(send, request_id, 503, _STOPPING, retry_after_s=5)
         finally:
             self.metrics.in_flight.dec()
             route = _route_of(scope)
@@ -96,26 +109,31 @@ def _route_of(scope: Scope) -> str:
     return getattr(route, "path", "unmatched")
 
 
-async def _reject_too_large(send: Send, request_id: str, limit: int) -> None:
-    body = json.dumps(
-        {
-            "error": {
-                "code": "payload_too_large",
-                "message": f"request body is over {limit} bytes; send fewer items per request",
-                "retryable": False,
-                "request_id": request_id,
-            }
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (REQUEST_ID_HEADER, request_id.encode()),
-            ],
-        }
-    )
+_STOPPING = {
+    "code": "shutting_down",
+    "message": "the service is shutting down; retry on another replica or later",
+    "retryable": True,
+}
+
+
+def _too_large(limit: int) -> dict[str, object]:
+    return {
+        "code": "payload_too_large",
+        "message": f"request body is over {limit} bytes; send fewer items per request",
+        "retryable": False,
+    }
+
+
+async def _reject(
+    send: Send, request_id: str, status: int, error: dict[str, object], retry_after_s: int | None = None
+) -> None:
+    body = json.dumps({"error": {**error, "request_id": request_id}}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (REQUEST_ID_HEADER, request_id.encode()),
+    ]
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

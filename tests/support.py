@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from fastapi import FastAPI
 
 from rlme.service.settings import Settings
@@ -127,3 +129,40 @@ def start_server(
             # uvicorn shuts down gracefully, then re-raises the signal it caught.
             assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
             assert "Traceback" not in log.read_text()
+
+
+class ThreadedServer:
+    """The real uvicorn server in a thread of this process: real HTTP, and a test can reach
+    into its engine to inject faults."""
+
+    def __init__(self, grace_s: float = 30, **settings: Any) -> None:
+        from rlme.service.app import create_app
+
+        port = free_port()
+        self.app = create_app(service_settings(**settings))
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=grace_s
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server did not become healthy")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+    @property
+    def backend(self) -> Any:
+        return self.app.state.pool.evaluators["default"].backend

@@ -8,9 +8,6 @@ reach into its engine and inject faults.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,13 +15,11 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
-import uvicorn
 
-from rlme.service.app import create_app
 from rlme.service.backends.base import ScoringTask, TaskResult
 from rlme.service.model_store import EMBEDDED, resolve_model
 
-from support import service_settings
+from support import ThreadedServer, service_settings
 
 pytestmark = [pytest.mark.model, pytest.mark.e2e]
 
@@ -32,40 +27,6 @@ QUESTIONS = [{"id": "polite", "text": "Is the response polite?"}]
 ITEMS = [
     {"prompt": "Say hi.", "response": text} for text in ("Hello!", "Hi there.", "Go away.", "Hey, friend!")
 ]
-
-
-class ThreadedServer:
-    def __init__(self, **settings: Any) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.app = create_app(service_settings(**settings))
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=30
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def __enter__(self) -> ThreadedServer:
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not become healthy")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
-
-    @property
-    def backend(self) -> Any:
-        return self.app.state.pool.evaluators["default"].backend
 
 
 def reward_body(item: dict[str, str]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from rlme.client.wire import (
     ChatMessage,
@@ -25,6 +25,7 @@ from rlme.client.wire import (
     RewardRequest,
     RewardResponse,
 )
+from rlme.client.wire_base import _Wire
 from rlme.service.auth import Principal, PrincipalDep
 from rlme.service.deps import ScorerDep, SettingsDep
 from rlme.service.errors import InvalidRequest
@@ -81,9 +82,7 @@ async def openrlhf_get_reward(
     return OpenRLHFRewardResponse(rewards=scored.rewards, scores=scores, extra_logs=extra_logs)
 
 
-class SlimeRewardRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
+class SlimeRewardRequest(_Wire):
     # slime sends a chat list when it does not apply the chat template itself, and the
     # dataset's label as it is (a number is common for math data).
     prompt: str | list[ChatMessage]
