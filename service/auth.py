@@ -33,6 +33,7 @@ class Principal:
     tenant: str
     admin: bool
     anonymous: bool = False
+    metrics: bool = False  # may read /metrics
 
 
 def new_key() -> tuple[str, str]:
@@ -67,6 +68,11 @@ class KeyRing:
         admin = settings.auth.anonymous_admin
         self.anonymous_admin = _is_loopback(settings.host) if admin is None else admin
 
+    @property
+    def keyless(self) -> bool:
+        """No keys configured, inline or in a file: every caller is the anonymous tenant."""
+        return not self._inline and self._file is None
+
     def _reload_if_changed(self) -> None:
         now = time.monotonic()
         if self._file is None or now - self._checked < self.RELOAD_CHECK_S:
@@ -95,7 +101,7 @@ class KeyRing:
                 match = entry
         if match is None or match.revoked:
             raise Unauthorized("invalid or revoked API key")
-        return Principal(match.tenant, match.admin)
+        return Principal(match.tenant, match.admin, metrics=match.metrics)
 
 
 def load_keys_file(path: Path) -> list[ApiKeyConfig]:
@@ -139,6 +145,24 @@ def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
     if not who.admin:
         raise Forbidden(f"tenant {who.tenant!r} may not use admin endpoints")
     return who
+
+
+def metrics_reader(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header_key: Annotated[str | None, Depends(_header)],
+) -> None:
+    """GET /metrics: admins and metrics keys; anyone where the operator made it public, or
+    while the service has no API keys at all (then there are no tenants to hide)."""
+    keyring: KeyRing = request.app.state.keyring
+    public = request.app.state.settings.auth.metrics_public
+    if public or (public is None and keyring.keyless):
+        return
+    who = principal(request, bearer, header_key)
+    if not (who.admin or who.metrics):
+        raise Forbidden(
+            f"tenant {who.tenant!r} may not read /metrics: use an admin key or a key with `metrics: true`"
+        )
 
 
 PrincipalDep = Annotated[Principal, Depends(principal)]

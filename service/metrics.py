@@ -120,10 +120,24 @@ class Metrics:
             ["evaluator", "replica"],
             registry=r,
         )
+        self.runs = Gauge(
+            "rlme_runs",
+            "Monitored training runs in memory per tenant and alarm level (ok, watch, alarm).",
+            ["tenant", "alarm"],
+            registry=r,
+        )
+        # Run ids are chosen by callers: label values only where the operator opts in.
         self.run_alarm = Gauge(
             "rlme_run_alarm",
-            "Run monitor alarm per training run: 0 ok, 1 watch, 2 alarm (at most monitoring.max_runs runs).",
-            ["run"],
+            "Run monitor alarm per training run: 0 ok, 1 watch, 2 alarm (at most monitoring.max_runs "
+            "runs; only with monitoring.run_metric_labels).",
+            ["tenant", "run"],
+            registry=r,
+        )
+        self.store_broken = Gauge(
+            "rlme_store_broken",
+            "1 while an optional state file (runs, calibrations) is unusable and left untouched.",
+            ["store"],
             registry=r,
         )
         self.run_probes = Counter(

@@ -2,11 +2,18 @@
 hacking signals read from them, and the run's alarm (ok / watch / alarm).
 
 Requests that carry `run` (and `step`; without one, the run's latest step) are observed
-after they are scored; a request without `run` is not touched. Statistics persist in
-SQLite (one row per step, written as the step changes), so a restart loses nothing;
-memory holds at most `max_runs` runs (least recently used evicted, also from the
-Prometheus gauge) and each run's latest `max_steps` steps. An evicted run is read back
-from SQLite when it is asked for or written again.
+after they are scored; a request without `run` is not touched. A run belongs to the tenant
+whose requests tagged it: runs are keyed by (tenant, run id), so another tenant's request
+with the same id starts that tenant's own run and can neither read nor move this one.
+
+Statistics persist in SQLite (one row per step, written as the step changes), so a
+restart loses nothing; memory holds at most `max_runs` runs (least recently used evicted)
+and each run's latest `max_steps` steps. An evicted run is read back from SQLite when it
+is asked for or written again. A file that is not a usable database is left untouched:
+the monitor keeps runs in memory only and says so (`store_error`, /health/ready, a metric).
+
+Prometheus sees how many runs of each tenant are at each alarm level (`rlme_runs`); run
+ids, which callers choose, become label values only when `monitoring.run_metric_labels`.
 """
 
 from __future__ import annotations
@@ -32,34 +39,41 @@ from rlme.service.settings import MonitoringConfig
 log = logging.getLogger(__name__)
 
 
+RunKey = tuple[str, str]  # (tenant, run id)
+
+
 class RunMonitor:
     def __init__(self, config: MonitoringConfig, db_path: Path | None, metrics: Metrics) -> None:
         self.config = config
         self.thresholds = Thresholds(
             **{f: getattr(config, f) for f in Thresholds.__dataclass_fields__}  # same names
         )
-        self._runs: OrderedDict[str, dict[int, StepStats]] = OrderedDict()
+        self._runs: OrderedDict[RunKey, dict[int, StepStats]] = OrderedDict()
+        self._levels: dict[RunKey, Alarm] = {}  # the alarm of each run in memory
         self._metrics = metrics
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self.db_path = db_path
+        self.store_error: str | None = None
         if config.enabled and db_path is not None:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(db_path, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS run_steps "
-                "(run TEXT, step INTEGER, stats TEXT, updated REAL, PRIMARY KEY (run, step))"
-            )
+            try:
+                self._db = _open(db_path)
+            except (sqlite3.Error, OSError) as exc:
+                self.store_error = (
+                    f"{db_path} is not a usable SQLite database ({exc}); runs are kept in memory only. "
+                    f"Fix: stop the service, move the file aside (mv {db_path} {db_path}.broken), start it"
+                )
+                log.error("run monitor: %s", self.store_error)
+                metrics.store_broken.labels("runs").set(1)
 
     def observe(
         self, request: RewardRequest, results: list[ItemResult], tenant: str = "anonymous"
     ) -> tuple[Alarm, int] | None:
         """Add a scored request of a run; the run's alarm after it and the step it counted
         toward (None: not a run's). The tenant may read the step's samples."""
-        run = request.run
-        if run is None or not self.config.enabled:
+        if request.run is None or not self.config.enabled:
             return None
+        run = (tenant, request.run)
         with self._lock:
             steps = self._steps(run)
             step = request.step if request.step is not None else max(steps, default=0)
@@ -74,9 +88,15 @@ class RunMonitor:
         return self._alarm(run), step
 
     def observe_probes(
-        self, run: str, step: int, anchors: list[AnchorPair], canaries: list[CanaryScore]
+        self,
+        run_id: str,
+        step: int,
+        anchors: list[AnchorPair],
+        canaries: list[CanaryScore],
+        tenant: str = "anonymous",
     ) -> None:
         """Add the anchor re-scores and canaries of a run's step (scored after its request)."""
+        run = (tenant, run_id)
         with self._lock:
             steps = self._steps(run)
             if step not in steps:  # evicted while the probes were scored
@@ -89,25 +109,20 @@ class RunMonitor:
             self._save(run, step, stats)
         self._alarm(run)
 
-    def report(self, run: str, viewer: str | None = None) -> RunReport | None:
-        """The run's steps, signals and alarm; samples (policy text) only of the steps the
-        `viewer` tenant tagged (None: an admin, who sees all)."""
+    def report(self, run_id: str, tenant: str = "anonymous") -> RunReport | None:
+        """The tenant's run of that id: its steps, signals, alarm and samples (None: no such run)."""
+        run = (tenant, run_id)
         with self._lock:
             if run not in self._runs and not self._stored(run):
                 return None
             steps = self._steps(run)
             summaries = [steps[s].summary(s) for s in sorted(steps)]
             recent = sorted(steps)[-self.thresholds.window :]
-            samples = [
-                sample
-                for s in recent
-                if viewer is None or viewer in steps[s].tenants
-                for sample in steps[s].sample_list()
-            ]
+            samples = [sample for s in recent for sample in steps[s].sample_list()]
         found = signals(summaries, self.thresholds)
         first = next((s.step for s in summaries if s.alarm == "alarm"), None)
         return RunReport(
-            run=run,
+            run=run_id,
             alarm=run_alarm(found),
             first_alarm_step=first,
             signals=found,
@@ -115,7 +130,7 @@ class RunMonitor:
             samples=samples,
         )
 
-    def _alarm(self, run: str) -> Alarm:
+    def _alarm(self, run: RunKey) -> Alarm:
         with self._lock:
             # The alarm reads only the first and last steps: summarise just those. Steps with
             # anchors, canaries or rule scores may be other than the first and last `window`.
@@ -128,9 +143,9 @@ class RunMonitor:
                 ends.update(having[:window] + having[-window:])
             summaries = [steps[s].summary(s) for s in sorted(ends)]
         level = run_alarm(signals(summaries, self.thresholds))
-        self._metrics.run_alarm.labels(run).set(LEVELS.index(level))
         with self._lock:  # the alarm as of the run's latest step: the history the page plots
             steps = self._steps(run)
+            self._set_level(run, level)
             latest = max(steps, default=None)
             if latest is not None and steps[latest].alarm != level:
                 steps[latest].alarm = level
@@ -142,9 +157,29 @@ class RunMonitor:
             self._db.close()
             self._db = None
 
-    # --- memory and SQLite (callers hold the lock) ----------------------------------------
+    # --- memory, metrics and SQLite (callers hold the lock) -------------------------------
 
-    def _steps(self, run: str) -> dict[int, StepStats]:
+    def _set_level(self, run: RunKey, level: Alarm | None) -> None:
+        """The run's alarm in the per-tenant counts (None: the run left memory)."""
+        previous = self._levels.pop(run, None)
+        tenant = run[0]
+        if previous is not None:
+            self._metrics.runs.labels(tenant, previous).dec()
+        if level is None:
+            if self.config.run_metric_labels:
+                with contextlib.suppress(KeyError):  # never observed in this process
+                    self._metrics.run_alarm.remove(*run)
+            return
+        self._levels[run] = level
+        self._metrics.runs.labels(tenant, level).inc()
+        if self.config.run_metric_labels:
+            self._metrics.run_alarm.labels(*run).set(LEVELS.index(level))
+        if level == "alarm" and previous != "alarm":
+            log.warning(
+                "run monitor: run %r of tenant %r raised its alarm (GET /v1/runs/%s)", run[1], tenant, run[1]
+            )
+
+    def _steps(self, run: RunKey) -> dict[int, StepStats]:
         if run in self._runs:
             self._runs.move_to_end(run)
             return self._runs[run]
@@ -152,38 +187,70 @@ class RunMonitor:
         self._runs[run] = steps
         while len(self._runs) > self.config.max_runs:
             evicted, _ = self._runs.popitem(last=False)
-            with contextlib.suppress(KeyError):  # never observed in this process
-                self._metrics.run_alarm.remove(evicted)
+            self._set_level(evicted, None)
         return steps
 
-    def _stored(self, run: str) -> bool:
+    def _stored(self, run: RunKey) -> bool:
         if self._db is None:
             return False
-        return (
-            self._db.execute("SELECT 1 FROM run_steps WHERE run = ? LIMIT 1", (run,)).fetchone() is not None
-        )
+        found = self._db.execute(
+            "SELECT 1 FROM tenant_run_steps WHERE tenant = ? AND run = ? LIMIT 1", run
+        ).fetchone()
+        return found is not None
 
-    def _load(self, run: str) -> dict[int, StepStats]:
+    def _load(self, run: RunKey) -> dict[int, StepStats]:
         if self._db is None:
             return {}
         rows = self._db.execute(
-            "SELECT step, stats FROM run_steps WHERE run = ? ORDER BY step DESC LIMIT ?",
-            (run, self.config.max_steps),
+            "SELECT step, stats FROM tenant_run_steps WHERE tenant = ? AND run = ? "
+            "ORDER BY step DESC LIMIT ?",
+            (*run, self.config.max_steps),
         ).fetchall()
         return {step: StepStats.from_json(json.loads(stats)) for step, stats in sorted(rows)}
 
-    def _save(self, run: str, step: int, stats: StepStats) -> None:
+    def _save(self, run: RunKey, step: int, stats: StepStats) -> None:
         if self._db is None:
             return
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO run_steps VALUES (?, ?, ?, ?)",
-                (run, step, json.dumps(stats.to_json()), time.time()),
+                "INSERT OR REPLACE INTO tenant_run_steps VALUES (?, ?, ?, ?, ?)",
+                (*run, step, json.dumps(stats.to_json()), time.time()),
             )
             self._db.commit()
         except sqlite3.Error as exc:  # monitoring must never fail a reward request
             self._db.rollback()
             log.error("run monitor: could not persist run %r step %d: %s", run, step, exc)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The runs database, with the table of (tenant, run, step) rows.
+
+    Files written before runs belonged to tenants (one `run_steps` table) are read once into
+    the new table, each run given to the first tenant that tagged it; the old table stays.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS tenant_run_steps (tenant TEXT, run TEXT, step INTEGER, "
+            "stats TEXT, updated REAL, PRIMARY KEY (tenant, run, step))"
+        )
+        legacy = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'run_steps'").fetchone()
+        empty = db.execute("SELECT 1 FROM tenant_run_steps LIMIT 1").fetchone() is None
+        if legacy and empty:
+            for run, step, stats, updated in db.execute("SELECT run, step, stats, updated FROM run_steps"):
+                owners = json.loads(stats).get("tenants") or ["anonymous"]
+                db.execute(
+                    "INSERT OR IGNORE INTO tenant_run_steps VALUES (?, ?, ?, ?, ?)",
+                    (owners[0], run, step, stats, updated),
+                )
+            db.commit()
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _add(stats: StepStats, step: int, item: Item, result: ItemResult) -> None:

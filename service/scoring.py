@@ -70,6 +70,13 @@ class RewardScorer:
         self.calibrations = calibrations or CalibrationStore(None)
         self._probing: set[asyncio.Task[None]] = set()
 
+    def store_statuses(self) -> dict[str, str]:
+        """The optional state files: 'ok', or why one is not used (for /health/ready)."""
+        statuses = {"calibrations": self.calibrations.store_error or "ok"}
+        if self.monitor is not None and self.monitor.config.enabled:
+            statuses["runs"] = self.monitor.store_error or "ok"
+        return statuses
+
     def plan(self, request: RewardRequest) -> Plan:
         """Check the request against this server's rubrics, evaluators and limits."""
         limits = self.settings.limits
@@ -240,7 +247,7 @@ class RewardScorer:
                 items = [item for _, _, item in probes.canaries]
                 scored = await self._score(RewardRequest(items=items, questions=plan.questions), plan, tenant)
                 canaries = canary_scores(probes, response.results, scored.results)
-            self.monitor.observe_probes(request.run, step, anchors, canaries)
+            self.monitor.observe_probes(request.run, step, anchors, canaries, tenant)
             self.metrics.run_probes.labels("ok").inc(len(anchors) + len(canaries))
         except asyncio.CancelledError:  # the service is stopping
             self.metrics.run_probes.labels("failed").inc()

@@ -176,6 +176,11 @@ class MonitoringConfig(_Strict):
         None, description="SQLite file the statistics persist in; default: cache_dir/runs.sqlite."
     )
     max_runs: int = Field(32, ge=1, description="Runs held in memory and in metrics (least recent evicted).")
+    run_metric_labels: bool = Field(
+        False,
+        description="Export rlme_run_alarm{tenant, run} per run. Off by default: run ids are chosen by "
+        "callers, and /metrics would list them (rlme_runs{tenant, alarm} counts runs instead).",
+    )
     max_steps: int = Field(1000, ge=4, description="Latest steps of a run held in memory and reported.")
     window: int = Field(3, ge=1, description="Steps compared at the start and the end of a run.")
     p_yes_rise: float = Field(0.1, gt=0, description="Mean p_yes up by this much: 'the reward went up'.")
@@ -241,7 +246,8 @@ class RateStoreConfig(_Strict):
 class ApiKeyConfig(_Strict):
     tenant: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key (`rlme keys new`).")
-    admin: bool = Field(False, description="May call /admin endpoints.")
+    admin: bool = Field(False, description="May call /admin endpoints (and read /metrics).")
+    metrics: bool = Field(False, description="May read /metrics: a key for Prometheus to scrape with.")
     revoked: bool = False
     label: str | None = None
 
@@ -253,6 +259,13 @@ class AuthConfig(_Strict):
     anonymous_tenant: str = "anonymous"
     anonymous_admin: bool | None = Field(
         None, description="Anonymous callers may use /admin; default: only when bound to loopback."
+    )
+    metrics_public: bool | None = Field(
+        None,
+        description="GET /metrics answers without a key. Default: only where no API keys are "
+        "configured, neither `keys` nor `keys_file` (an open service has no tenants to hide); with "
+        "keys the metrics name tenants, so Prometheus scrapes with an admin key or a key with "
+        "`metrics: true` (deploy/prometheus/).",
     )
 
 

@@ -31,7 +31,11 @@ async def test_health_is_503_while_loading_then_200() -> None:
         for path in ("/health", "/health/ready"):
             ready = await c.get(path)
             assert ready.status_code == 200
-            assert ready.json() == {"status": "ok", "evaluators": {"default": "ok"}}
+            assert ready.json() == {
+                "status": "ok",
+                "evaluators": {"default": "ok"},
+                "stores": {"calibrations": "ok", "runs": "ok"},
+            }
 
 
 async def test_health_reports_an_evaluator_that_failed_to_load(tmp_path: object) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rlme.client.wire import EvaluatorInfo, EvaluatorList, Health, RubricInfo, RubricList
-from rlme.service.deps import MetricsDep, PoolDep, SettingsDep
+from rlme.client.wire import ErrorBody, EvaluatorInfo, EvaluatorList, Health, RubricInfo, RubricList
+from rlme.service.auth import metrics_reader
+from rlme.service.deps import MetricsDep, PoolDep, ScorerDep, SettingsDep
 
 router = APIRouter()
 
@@ -20,22 +21,32 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready", tags=["ops"], responses={503: {"model": Health}})
 @router.get("/health", tags=["ops"], responses={503: {"model": Health}})
-async def health(pool: PoolDep, response: Response) -> Health:
+async def health(pool: PoolDep, scorer: ScorerDep, response: Response) -> Health:
     """Readiness: 200 once every evaluator is loaded and usable; 503 while one loads (a
     remote pool waiting for its servers included: status 'loading') or if one failed
-    (status 'error'). `/health` is the same as `/health/ready`."""
+    (status 'error'). `/health` is the same as `/health/ready`. `stores` says whether the
+    optional state files are in use; a broken one does not make the service unready."""
     statuses = {name: e.status() for name, e in pool.evaluators.items()}
+    stores = scorer.store_statuses()
     if pool.ready and all(status == "ok" for status in statuses.values()):
-        return Health(status="ok", evaluators=statuses)
+        return Health(status="ok", evaluators=statuses, stores=stores)
     response.status_code = 503
     response.headers["Retry-After"] = "5"
     failed = any(s != "ok" and not s.startswith("loading") for s in statuses.values())
-    return Health(status="error" if failed else "loading", evaluators=statuses)
+    return Health(status="error" if failed else "loading", evaluators=statuses, stores=stores)
 
 
-@router.get("/metrics", tags=["ops"], response_class=Response)
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=Response,
+    dependencies=[Depends(metrics_reader)],
+    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+)
 async def metrics(metrics: MetricsDep) -> Response:
-    """Prometheus exposition format."""
+    """Prometheus exposition format. Needs an admin key or a key with `metrics: true` (the
+    metrics name tenants), unless `auth.metrics_public`; run ids appear only with
+    `monitoring.run_metric_labels`."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
