@@ -46,7 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.scorer.cancel_probes()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
-            await pool.stop()
+            # uvicorn has already given requests their shutdown_grace_s: what still runs in an
+            # engine has no caller waiting, so it gets a moment, then is aborted.
+            await pool.stop(grace_s=min(1.0, settings.shutdown_grace_s))
             await tenants.rates.aclose()
             monitor.close()
 
@@ -59,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     db_path = settings.monitoring.db_path or settings.cache_dir / "runs.sqlite"
     monitor = RunMonitor(settings.monitoring, db_path, metrics)
     fitted = CalibrationStore(settings.calibrations_path or settings.cache_dir / "calibrations.json")
+    if fitted.store_error is not None:
+        metrics.store_broken.labels("calibrations").set(1)
     app.state.scorer = RewardScorer(settings, pool, metrics, tenants, monitor, fitted)
     app.state.judge = JudgeService(settings, pool, metrics, tenants)
     install_error_handlers(app)

@@ -12,8 +12,8 @@ own scheduler, vLLM and remote servers, overlap several); the next batch is coll
 only when a slot is free, so batches grow while the engine is busy.
 
 Admission is bounded: beyond `max_queue_evaluations` queued evaluations, `submit`
-raises Overloaded (429). A task still queued past its deadline is failed with
-DeadlineExceeded (504) instead of being scored for a caller who has given up. If a batch
+raises Overloaded (429). At its deadline a caller gets DeadlineExceeded (504), wherever its
+task is: a queued task is then skipped, a judge's generation stops at its next decode step. If a batch
 fails, its tasks are retried one by one so one bad item fails only its own request.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rlme.service.backends.base import Backend, GenerationResult, TaskResult, Work, run_batch
-from rlme.service.errors import DeadlineExceeded, Overloaded, ServiceStopping
+from rlme.service.errors import DeadlineExceeded, Overloaded, ServiceError, ServiceStopping
 from rlme.service.fair_queue import FairQueue
 from rlme.service.settings import BatchingConfig
 
@@ -46,6 +46,7 @@ class Pending:
     tenant: str = "anonymous"
     evaluations: int = field(init=False)
     start_tag: float = 0.0  # set by the FairQueue
+    queued: bool = True  # counted in queued_evaluations until collected or expired
 
     def __post_init__(self) -> None:
         self.evaluations = self.task.evaluations
@@ -80,15 +81,26 @@ class Batcher:
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
 
-    async def stop(self) -> None:
-        """Stop accepting work; finish the batch in the engine, fail what is still queued."""
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop accepting work; give the batches in the engine `grace_s` to finish, then ask the
+        engine to abort them (a judge stops at its next decode step); fail what is queued."""
         self._stopping = True
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         if self._in_flight:
-            await asyncio.wait(list(self._in_flight))
+            _, running = await asyncio.wait(list(self._in_flight), timeout=grace_s)
+            if running:
+                log.warning(
+                    "evaluator %r: %d batches still running at shutdown; aborting", self.name, len(running)
+                )
+                for backend in set(self._in_flight.values()):
+                    abort = getattr(backend, "abort", None)
+                    if abort is not None:
+                        abort()
+                # A prefill cannot be interrupted, but it is bounded by max_batch_tokens.
+                await asyncio.wait(running, timeout=max(5.0, grace_s))
         for pending in self._drain():
             if not pending.future.done():
                 pending.future.set_exception(ServiceStopping())
@@ -121,12 +133,18 @@ class Batcher:
                 retry_after_s=self.retry_after_s(),
             )
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        pending = Pending(
-            task=task, future=future, enqueued_at=time.monotonic(), deadline=deadline, tenant=tenant
-        )
+        now = time.monotonic()
+        pending = Pending(task=task, future=future, enqueued_at=now, deadline=deadline, tenant=tenant)
         self.queued_evaluations += evaluations
         self._queue.put(pending, weight)
-        return await future
+        try:
+            # The deadline holds wherever the task is: queued, or in the engine.
+            return await asyncio.wait_for(future, timeout=max(0.0, deadline - now))
+        except TimeoutError:
+            if pending.queued:  # never reached the engine: it no longer counts as queued
+                pending.queued = False
+                self.queued_evaluations -= evaluations
+            raise DeadlineExceeded(time.monotonic() - now) from None
 
     async def _next(self, timeout: float | None) -> Pending | None:
         if self._carry is not None:
@@ -162,7 +180,10 @@ class Batcher:
             except BaseException:
                 self._slots.release()
                 raise
-            self.queued_evaluations -= sum(p.evaluations for p in batch)
+            for pending in batch:
+                if pending.queued:
+                    pending.queued = False
+                    self.queued_evaluations -= pending.evaluations
             now = time.monotonic()
             live = []
             for pending in batch:
@@ -190,6 +211,10 @@ class Batcher:
         started = time.perf_counter()
         try:
             results: list[Outcome] = list(await run_batch(backend, [p.task for p in batch]))
+        except ServiceError as exc:  # the engine stopping, say: the same answer for the whole batch
+            for pending in batch:
+                _settle(pending, exc)
+            return
         except Exception as exc:  # isolate the bad item: score each task on its own
             if len(batch) == 1:
                 log.warning("evaluator %r failed a task: %s", self.name, exc)

@@ -12,13 +12,18 @@ perfectly separated items still give finite a, b). Pure Python: the service with
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from rlme.client.wire import ItemResult
 from rlme.client.wire_calibration import Calibration
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-6
 RIDGE = 1e-3
@@ -114,17 +119,91 @@ def held_out_split(labels: Sequence[bool], fraction: float) -> tuple[list[int], 
     return sorted(train), sorted(held)
 
 
+def fit_calibrations(
+    results: Sequence[ItemResult],
+    labels: Sequence[bool],
+    question_texts: Mapping[str, str],
+    models: Mapping[str, str],
+    held_out_fraction: float,
+) -> list[Calibration]:
+    """One Platt map per (evaluator, question) of the scored labelled items, fitted on all
+    but a held-out share of each label and judged on that share; refused fits are marked."""
+    train, held = held_out_split(labels, held_out_fraction)
+    fits = []
+    for k, first in enumerate(results[0].scores):
+        p = [result.scores[k].p_yes for result in results]
+        a, b = fit_platt([p[i] for i in train], [labels[i] for i in train])
+        raw, y = [p[i] for i in held], [labels[i] for i in held]
+        after = [apply(a, b, value) for value in raw]
+        fit = Calibration(
+            evaluator=first.evaluator,
+            model=models[first.evaluator],
+            question=question_texts[first.question],
+            question_id=first.question,
+            a=a,
+            b=b,
+            train_items=len(train),
+            held_out_items=len(held),
+            ece_before=ece(raw, y),
+            ece_after=ece(after, y),
+            brier_before=brier(raw, y),
+            brier_after=brier(after, y),
+            fitted_at=time.time(),
+        )
+        accepted, warning = review(fit)
+        fits.append(fit.model_copy(update={"accepted": accepted, "warning": warning}))
+    return fits
+
+
+def review(fit: Calibration) -> tuple[bool, str | None]:
+    """Whether to apply a fit, and what to warn about. Refused: a map that turns p_yes around
+    (a <= 0), or one that makes the held-out items both less calibrated (ECE) and less
+    accurate (Brier score). Kept with a warning: one of the two worse."""
+    if not fit.a > 0:
+        return False, (
+            f"refused: the fitted slope a = {fit.a:.3g} is not positive, so the map would turn p_yes "
+            "around (on these items the evaluator's 'Yes' means 'no'); check the labels and the question"
+        )
+    ece_worse, brier_worse = fit.ece_after > fit.ece_before, fit.brier_after > fit.brier_before
+    held_out = (
+        f"ECE {fit.ece_before:.3f} -> {fit.ece_after:.3f}, Brier {fit.brier_before:.3f} -> "
+        f"{fit.brier_after:.3f} on {fit.held_out_items} held-out items"
+    )
+    if ece_worse and brier_worse:
+        return (
+            False,
+            f"refused: the fit makes the held-out items worse ({held_out}); send more labelled items",
+        )
+    if ece_worse or brier_worse:
+        return True, f"kept, but one held-out measure got worse ({held_out}); more labelled items would help"
+    return True, None
+
+
 class CalibrationStore:
-    """Fitted calibrations by (evaluator, question text), in a JSON file (None: memory only)."""
+    """Fitted calibrations by (evaluator, question text), in a JSON file (None: memory only).
+
+    A file that cannot be read as calibrations is never overwritten: the store starts empty,
+    refuses to fit (`store_error` says why and how to fix it) and rewards are served as usual.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._fits: dict[tuple[str, str], Calibration] = {}
+        self.store_error: str | None = None
         if path is not None and path.is_file():
-            for row in json.loads(path.read_text()):
-                fit = Calibration.model_validate(row)
-                self._fits[(fit.evaluator, fit.question)] = fit
+            try:
+                for row in json.loads(path.read_text()):
+                    fit = Calibration.model_validate(row)
+                    self._fits[(fit.evaluator, fit.question)] = fit
+            except (OSError, ValueError, TypeError) as exc:  # ValidationError and JSON errors too
+                self._fits = {}
+                self.store_error = (
+                    f"{path} is not a calibrations file ({type(exc).__name__}: {str(exc)[:200]}); no "
+                    f"calibrations are applied or fitted. Fix: move it aside (mv {path} {path}.broken) "
+                    "and restart"
+                )
+                log.error("calibrations: %s", self.store_error)
 
     def get(self, evaluator: str, question: str) -> Calibration | None:
         return self._fits.get((evaluator, question))
@@ -133,6 +212,8 @@ class CalibrationStore:
         return sorted(self._fits.values(), key=lambda f: (f.evaluator, f.question_id))
 
     def put(self, fits: Sequence[Calibration]) -> None:
+        if self.store_error is not None:
+            raise RuntimeError(self.store_error)
         with self._lock:
             for fit in fits:
                 self._fits[(fit.evaluator, fit.question)] = fit

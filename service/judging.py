@@ -224,7 +224,9 @@ class JudgeService:
         deadline = time.monotonic() + self.settings.limits.request_timeout_s
         weight = self.tenants.weight(tenant)
         generated = await _gather(
-            batcher.submit(GenerationTask(tuple(p), judge.samples, judge.sampling), deadline, tenant, weight)
+            batcher.submit(
+                GenerationTask(tuple(p), judge.samples, judge.sampling, deadline), deadline, tenant, weight
+            )
             for p in prompts
         )
         reads: list[ScoringTask | None] = []

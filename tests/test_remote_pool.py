@@ -32,7 +32,8 @@ def fake_logprob(prompt: list[int], token_id: int) -> float:
 
 
 class FakeReplicas:
-    """Three vLLM-like servers; each can be up, down (refuses), hanging, failing or foreign."""
+    """Three vLLM-like servers; each can be up, down (refuses), hanging, failing, answering
+    garbage, closing mid-body or foreign."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -52,6 +53,12 @@ class FakeReplicas:
             raise httpx.ReadTimeout("timed out", request=request)
         if state == "failing" and request.url.path != "/health":
             return httpx.Response(500, json={"error": "engine dead"})
+        if state == "garbage" and request.url.path == "/v1/completions":
+            return httpx.Response(200, content=b"<html>502 from a proxy</html>")
+        if state == "wrong_shape" and request.url.path == "/v1/completions":
+            return httpx.Response(200, json={"object": "error"})
+        if state == "cut" and request.url.path == "/v1/completions":
+            raise httpx.RemoteProtocolError("peer closed connection mid-body", request=request)
         if state == "busy" and request.url.path == "/v1/completions":
             self.state[url] = "up"  # one 429, then it takes work again
             return httpx.Response(429, json={"error": "queue full"})
@@ -210,7 +217,7 @@ async def test_a_refusing_replica_is_taken_out_and_its_work_retried(pool: Any) -
         assert task.sequences[0][:20] in fakes.items_seen[second]
 
 
-@pytest.mark.parametrize("failure", ["hang", "failing"])
+@pytest.mark.parametrize("failure", ["hang", "failing", "garbage", "wrong_shape", "cut"])
 async def test_a_replica_that_times_out_or_fails_is_taken_out(pool: Any, failure: str) -> None:
     backend, fakes = pool
     fakes.state[URLS[1]] = failure

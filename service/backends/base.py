@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -115,6 +115,8 @@ class GenerationTask:
     prompt: tuple[int, ...]
     samples: int
     sampling: SamplingSettings
+    # time.monotonic() after which nobody waits for it: an engine stops decoding it there.
+    deadline: float | None = field(default=None, compare=False)
 
     @property
     def evaluations(self) -> int:

@@ -397,7 +397,13 @@ class RemoteBackend(EventLoopState):
             raise ValueError(
                 f"{replica.url}/v1/completions answered {answer.status_code}: {answer.text[:500]}"
             )
-        return answer.json()
+        try:  # a replica that answers garbage is as broken as one that answers 500
+            parsed = answer.json()
+        except ValueError as exc:
+            raise ReplicaError(f"/v1/completions answered 200 with a body that is not JSON: {exc}") from exc
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
+            raise ReplicaError("/v1/completions answered 200 without a `choices` list")
+        return parsed
 
     async def _generate(self, replica: Replica, task: GenerationTask) -> GenerationResult:
         s = task.sampling

@@ -11,6 +11,9 @@ token of each evaluation.
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from rlme.service.backends.base import (
     cut_at_stop,
 )
 from rlme.service.backends.prefix_tree import PackedRow, pack, tree_mask
+from rlme.service.errors import ServiceStopping
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import label_tokens
 from rlme.service.settings import EvaluatorConfig
@@ -45,6 +49,7 @@ class TransformersBackend(LoadedState):
     def __init__(self, config: EvaluatorConfig, cache_dir: Path) -> None:
         super().__init__(config, cache_dir)
         self._model: Any = None
+        self._abort = threading.Event()
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -78,6 +83,10 @@ class TransformersBackend(LoadedState):
 
     def health(self) -> str:
         return self._status
+
+    def abort(self) -> None:
+        """Stop every generation at its next decode step (shutdown); nothing new starts."""
+        self._abort.set()
 
     @torch.inference_mode()
     def score(self, tasks: Sequence[ScoringTask]) -> list[TaskResult]:
@@ -194,12 +203,17 @@ class TransformersBackend(LoadedState):
         for b, task in enumerate(tasks):
             prompt[b, width - len(task.prompt) :] = torch.tensor(task.prompt)
             mask[b, width - len(task.prompt) :] = 1
+        rows = tasks[0].samples if sampled else 1  # output rows per task
+        deadlines = [t.deadline if t.deadline is not None else math.inf for t in tasks for _ in range(rows)]
         output = model.generate(
             prompt.to(self.device),
             attention_mask=mask.to(self.device),
             generation_config=config,
             tokenizer=self.tokenizer,
+            stopping_criteria=[_Interrupt(deadlines, self._abort)],
         )  # (B * n, P + T)
+        if self._abort.is_set():
+            raise ServiceStopping()
         samples = []
         for row in output[:, width:].tolist():
             end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), None)
@@ -216,3 +230,19 @@ class TransformersBackend(LoadedState):
             GenerationResult(samples=(sample,) * task.samples)
             for sample, task in zip(samples, tasks, strict=True)
         ]
+
+
+class _Interrupt:
+    """A stopping criterion (transformers' protocol): a row is done once its task's deadline
+    has passed (nobody waits for it), and every row once the backend is aborted. Checked
+    after each decode step, so a judge never writes past a deadline by more than one token."""
+
+    def __init__(self, deadlines: list[float], abort: threading.Event) -> None:
+        self.deadlines = torch.tensor(deadlines, dtype=torch.float64)  # (B * n,)
+        self.abort = abort
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self.abort.is_set():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        late = self.deadlines < time.monotonic()  # (B * n,)
+        return late.to(input_ids.device)
