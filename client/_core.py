@@ -4,16 +4,24 @@
 splits big reward requests into chunks and merges the answers. `RewardClient` and
 `AsyncRewardClient` add only "send" and "sleep" (the httpx `BaseClient` /
 openai-python `_base_client.py` split), so the retry policy lives in one place.
+
+Hostile input is refused here too, once for both clients: text that UTF-8 cannot carry
+(a lone surrogate) before anything is sent, a call that would outlive its total deadline
+(retries, Retry-After sleeps and slow bodies together), and an answer with NaN or
+Infinity where a number is promised.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
+import math
 import os
 import random
+import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -25,6 +33,7 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     ClientClosedError,
+    InvalidInputError,
     NotReadyError,
     RLMEError,
     _parse_error_body,
@@ -53,6 +62,9 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # Scoring waits in the server's batcher queue; a long read timeout avoids giving up
 # on a busy server (which answers 504 itself when a request waited too long).
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+# One call (every attempt, retry sleep and body read) ends by this many seconds. `timeout`
+# bounds each network read; without a total, Retry-After and dripped bodies are unbounded.
+DEFAULT_TOTAL_TIMEOUT = 900.0
 DEFAULT_CHUNK_SIZE = 64
 DEFAULT_MAX_CONCURRENCY = 8
 
@@ -82,6 +94,79 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     return seconds
 
 
+def total_timeout_for(timeout: float | httpx.Timeout | None, total_timeout: float | None) -> float:
+    """The per-call deadline in seconds: `total_timeout`, else a plain-number `timeout`, else 900 s."""
+    if total_timeout is None:
+        plain = isinstance(timeout, int | float) and timeout > 0
+        total_timeout = float(timeout) if plain else DEFAULT_TOTAL_TIMEOUT  # type: ignore[arg-type]
+    if not total_timeout > 0:  # also NaN
+        raise ValueError(f"total_timeout must be > 0 seconds (float('inf') for none), not {total_timeout!r}")
+    return total_timeout
+
+
+def first_leaf(value: object, path: str, is_bad: Callable[[object], bool]) -> tuple[str, object] | None:
+    """The path and value of the first leaf in nested models, mappings and lists where `is_bad` holds."""
+    children: Iterable[tuple[str, object]]
+    if isinstance(value, BaseModel):
+        children = ((_join(path, name), child) for name, child in value)
+    elif isinstance(value, Mapping):
+        children = ((_join(path, str(key)), child) for key, child in value.items())
+    elif isinstance(value, list | tuple):
+        children = ((f"{path}[{i}]", child) for i, child in enumerate(value))
+    else:
+        return (path, value) if is_bad(value) else None
+    for child_path, child in children:
+        found = first_leaf(child, child_path, is_bad)
+        if found is not None:
+            return found
+    return None
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    return isinstance(value, str) and not value.isascii() and _LONE_SURROGATE.search(value) is not None
+
+
+def reject_lone_surrogates(fields: Mapping[str, object]) -> None:
+    """InvalidInputError naming the first string that holds a lone UTF-16 surrogate.
+
+    Such a string is not text: no UTF-8 body can carry it, and the server could only
+    score other text than the caller's, so the client refuses it instead of replacing it.
+    """
+    found = first_leaf(fields, "", _has_lone_surrogate)
+    if found is None:
+        return
+    field, text = found
+    match = _LONE_SURROGATE.search(str(text))
+    at = "" if match is None else f" (U+{ord(match.group()):04X} at character {match.start()})"
+    raise InvalidInputError(
+        f"{field} holds a lone UTF-16 surrogate{at}, which is not text and cannot be sent as UTF-8; "
+        "fix the text, or replace the surrogate with U+FFFD, e.g. "
+        "re.sub('[\\ud800-\\udfff]', '\\ufffd', text)",
+        field=field,
+    )
+
+
+def encode_json(body: object) -> bytes:
+    """The request body as compact UTF-8 JSON (what httpx's `json=` sends), or InvalidInputError."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        reject_lone_surrogates({"": body} if not isinstance(body, Mapping) else body)
+        raise InvalidInputError(f"the request body is not valid UTF-8: {exc}", field="") from exc
+
+
+def _not_finite(value: object) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def backoff_delay(attempt: int, *, jitter: float) -> float:
     """Exponential backoff for retry number `attempt` (0-based); `jitter` in [0, 1)."""
     delay = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
@@ -99,6 +184,7 @@ class BaseClient:
         base_url: str | None,
         api_key: str | None,
         timeout: float | httpx.Timeout | None,
+        total_timeout: float | None,
         max_retries: int,
         chunk_size: int,
         max_concurrency: int,
@@ -114,13 +200,15 @@ class BaseClient:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY) or None
         self.timeout = timeout  # None: the http client's own timeout
+        self.total_timeout = total_timeout_for(timeout, total_timeout)
         self.max_retries = max_retries
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
         self._closed = False
-        # Seams for tests: the source of jitter and of the current time.
+        # Seams for tests: the source of jitter, of the current time and of the deadline clock.
         self._random: Callable[[], float] = random.random
         self._now: Callable[[], float] = time.time
+        self._clock: Callable[[], float] = time.monotonic
 
     @property
     def is_closed(self) -> bool:
@@ -142,10 +230,19 @@ class BaseClient:
         }
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        content = None
+        if body is not None:  # encoded here, not by httpx, to name a field UTF-8 cannot carry
+            content = encode_json(body)
+            headers["Content-Type"] = "application/json"
         timeout = httpx.USE_CLIENT_DEFAULT if self.timeout is None else self.timeout
         return self._http.build_request(
-            method, self.base_url + path, json=body, headers=headers, timeout=timeout
+            method, self.base_url + path, content=content, headers=headers, timeout=timeout
         )
+
+    def _model_request(self, model: type[ModelT], **fields: Any) -> ModelT:
+        """`model(**fields)`, once no field holds text that cannot go over the wire."""
+        reject_lone_surrogates(fields)
+        return model(**fields)
 
     def _get(self, path: str) -> httpx.Request:
         return self._build_request("GET", path)
@@ -156,6 +253,58 @@ class BaseClient:
 
     def _post_model(self, path: str, request: BaseModel) -> httpx.Request:
         return self._build_request("POST", path, request.model_dump(mode="json", exclude_none=True))
+
+    def _deadline(self) -> float:
+        """When a call starting now must be over, on `_clock`."""
+        return self._clock() + self.total_timeout
+
+    def _time_left(self, request: httpx.Request, deadline: float) -> float | None:
+        """Seconds left for the next attempt (None: no deadline); each network timeout is cut to it."""
+        left = deadline - self._clock()
+        if left <= 0:
+            raise self._past_deadline(request, "no time was left for another attempt")
+        if math.isinf(left):
+            return None
+        phases = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            phase: left if phases.get(phase) is None else min(phases[phase], left)
+            for phase in ("connect", "read", "write", "pool")
+        }
+        return left
+
+    def _delay_within(
+        self,
+        request: httpx.Request,
+        delay: float,
+        deadline: float,
+        last: httpx.Response | httpx.TransportError,
+    ) -> float:
+        """`delay`, if sleeping it leaves time for the retry; else APITimeoutError at once."""
+        if self._clock() + delay < deadline:
+            return delay
+        cause = self._status_error(last) if isinstance(last, httpx.Response) else self._connection_error(last)
+        raise self._past_deadline(request, f"the retry in {delay:g} s would come too late (last: {cause})")
+
+    def _past_deadline(self, request: httpx.Request, why: str) -> APITimeoutError:
+        return APITimeoutError(f"{why}: {self.deadline_passed}", request=request)
+
+    @staticmethod
+    def _buffered(response: httpx.Response, body: bytes) -> httpx.Response:
+        """A response read to its end, rebuilt around its decoded body."""
+        headers = httpx.Headers(response.headers)
+        for name in ("content-encoding", "content-length", "transfer-encoding"):
+            headers.pop(name, None)
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=body,
+            request=response.request,
+            extensions=response.extensions,
+        )
+
+    @property
+    def deadline_passed(self) -> str:
+        return f"this call's total_timeout of {self.total_timeout:g} s has run out"
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
         """Seconds to sleep before retry `attempt` + 1, or None to stop.
@@ -193,12 +342,26 @@ class BaseClient:
         if response.is_error:
             raise BaseClient._status_error(response)
         try:
-            return model.model_validate_json(response.content)
+            answer = model.model_validate_json(response.content)
         except ValidationError as exc:
             raise APIResponseValidationError(
                 f"{response.request.url.path} answered a body that is not a {model.__name__}: {exc}",
                 response=response,
             ) from exc
+        BaseClient._reject_non_finite(answer, response)
+        return answer
+
+    @staticmethod
+    def _reject_non_finite(answer: BaseModel, response: httpx.Response) -> None:
+        """Refuse NaN or Infinity anywhere in an answer (JSON cannot, but Python's parser accepts
+        them): passed on, one nan reward turns a trainer's whole loss into nan. null stays null."""
+        found = first_leaf(answer, "", _not_finite)
+        if found is not None:
+            raise APIResponseValidationError(
+                f"{response.request.url.path} answered {found[1]!r} at {found[0]}; the contract promises a "
+                "finite number (or null where allowed), so the answer is refused, not passed on",
+                response=response,
+            )
 
     @staticmethod
     def _parse_health(response: httpx.Response) -> Health:
@@ -234,6 +397,9 @@ class BaseClient:
         calibrated: bool = False,
     ) -> list[RewardRequest]:
         """One validated request per chunk of `chunk_size` items."""
+        reject_lone_surrogates(
+            {"items": items, "questions": questions, "rubric": rubric, "evaluators": evaluators, "run": run}
+        )  # before chunking: the index is the caller's, and no chunk has gone out
         parsed = [Item.model_validate(item) for item in items]
         question_list = None if questions is None else [MetaQuestion.model_validate(q) for q in questions]
         evaluator_list = (

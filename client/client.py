@@ -60,6 +60,7 @@ class RewardClient(BaseClient):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = None,
+        total_timeout: float | None = None,
         max_retries: int = MAX_RETRIES,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
@@ -69,6 +70,7 @@ class RewardClient(BaseClient):
             base_url=base_url,
             api_key=api_key,
             timeout=timeout,
+            total_timeout=total_timeout,
             max_retries=max_retries,
             chunk_size=chunk_size,
             max_concurrency=max_concurrency,
@@ -135,19 +137,21 @@ class RewardClient(BaseClient):
     def judgments(self, items: Sequence[Any], **options: Any) -> JudgmentResponse:
         """POST /v1/judgments: N written judgments per item (`judge`, `samples`, `temperature`,
         `max_tokens`, `seed`, `reward`, ... as in `JudgmentRequest`)."""
-        request = JudgmentRequest(items=list(items), **options)
+        request = self._model_request(JudgmentRequest, items=list(items), **options)
         return self._parse(JudgmentResponse, self._send(self._post_model("/v1/judgments", request)))
 
     def compare(self, pairs: Sequence[Any], **options: Any) -> ComparisonResponse:
         """POST /v1/comparisons: each (prompt, response_a, response_b) judged in both orders."""
-        request = ComparisonRequest(pairs=list(pairs), **options)
+        request = self._model_request(ComparisonRequest, pairs=list(pairs), **options)
         return self._parse(ComparisonResponse, self._send(self._post_model("/v1/comparisons", request)))
 
     def meta_judge(
         self, prompt: str, response: str, judgments: Sequence[str], **options: Any
     ) -> MetaJudgmentResponse:
         """POST /v1/meta-judgments: rank judgments of one response by meta-judge battles."""
-        request = MetaJudgmentRequest(prompt=prompt, response=response, judgments=list(judgments), **options)
+        request = self._model_request(
+            MetaJudgmentRequest, prompt=prompt, response=response, judgments=list(judgments), **options
+        )
         return self._parse(MetaJudgmentResponse, self._send(self._post_model("/v1/meta-judgments", request)))
 
     def judges(self) -> JudgeList:
@@ -169,7 +173,7 @@ class RewardClient(BaseClient):
     def calibrate(self, items: Sequence[Any], **options: Any) -> CalibrationList:
         """POST /v1/calibrations (admin key): fit p_yes calibrations from labelled items (each
         with `label`), with `questions` or `rubric`, `evaluator`, `held_out_fraction`."""
-        request = CalibrationRequest(items=list(items), **options)
+        request = self._model_request(CalibrationRequest, items=list(items), **options)
         return self._parse(CalibrationList, self._send(self._post_model("/v1/calibrations", request)))
 
     def calibrations(self) -> CalibrationList:
@@ -206,22 +210,37 @@ class RewardClient(BaseClient):
         return self._parse_rewards(request, self._send(http_request))
 
     def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send with retries; returns the last response, whatever its status."""
+        """Send with retries, all within `total_timeout`; returns the last response, whatever its status."""
+        deadline = self._deadline()
         attempt = 0
         while True:
+            self._time_left(request, deadline)
+            last: httpx.Response | httpx.TransportError
             try:
-                response = self._http.send(request)
+                last = self._read_within(self._http.send(request, stream=True), deadline)
             except httpx.TransportError as exc:
-                delay = self._retry_delay(attempt, None)
+                delay, last = self._retry_delay(attempt, None), exc
                 if delay is None:
                     raise self._connection_error(exc) from exc
             else:
-                delay = self._retry_delay(attempt, response)
+                delay = self._retry_delay(attempt, last)
                 if delay is None:
-                    return response
-                response.close()
-            self._sleep(delay)
+                    return last
+            self._sleep(self._delay_within(request, delay, deadline, last))
             attempt += 1
+
+    def _read_within(self, response: httpx.Response, deadline: float) -> httpx.Response:
+        """The whole body, or APITimeoutError once the deadline passes (each read is cut to
+        the time left, so a body dripped a byte at a time cannot outlive the call)."""
+        body = bytearray()
+        try:
+            for chunk in response.iter_bytes():
+                body += chunk
+                if self._clock() > deadline:
+                    raise self._past_deadline(response.request, "the answer was still arriving")
+        finally:
+            response.close()
+        return self._buffered(response, bytes(body))
 
 
 class AsyncRewardClient(BaseClient):
@@ -236,6 +255,7 @@ class AsyncRewardClient(BaseClient):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = None,
+        total_timeout: float | None = None,
         max_retries: int = MAX_RETRIES,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
@@ -245,6 +265,7 @@ class AsyncRewardClient(BaseClient):
             base_url=base_url,
             api_key=api_key,
             timeout=timeout,
+            total_timeout=total_timeout,
             max_retries=max_retries,
             chunk_size=chunk_size,
             max_concurrency=max_concurrency,
@@ -317,19 +338,21 @@ class AsyncRewardClient(BaseClient):
 
     async def judgments(self, items: Sequence[Any], **options: Any) -> JudgmentResponse:
         """POST /v1/judgments (see `RewardClient.judgments`)."""
-        request = JudgmentRequest(items=list(items), **options)
+        request = self._model_request(JudgmentRequest, items=list(items), **options)
         return self._parse(JudgmentResponse, await self._send(self._post_model("/v1/judgments", request)))
 
     async def compare(self, pairs: Sequence[Any], **options: Any) -> ComparisonResponse:
         """POST /v1/comparisons (see `RewardClient.compare`)."""
-        request = ComparisonRequest(pairs=list(pairs), **options)
+        request = self._model_request(ComparisonRequest, pairs=list(pairs), **options)
         return self._parse(ComparisonResponse, await self._send(self._post_model("/v1/comparisons", request)))
 
     async def meta_judge(
         self, prompt: str, response: str, judgments: Sequence[str], **options: Any
     ) -> MetaJudgmentResponse:
         """POST /v1/meta-judgments (see `RewardClient.meta_judge`)."""
-        request = MetaJudgmentRequest(prompt=prompt, response=response, judgments=list(judgments), **options)
+        request = self._model_request(
+            MetaJudgmentRequest, prompt=prompt, response=response, judgments=list(judgments), **options
+        )
         return self._parse(
             MetaJudgmentResponse, await self._send(self._post_model("/v1/meta-judgments", request))
         )
@@ -351,7 +374,7 @@ class AsyncRewardClient(BaseClient):
 
     async def calibrate(self, items: Sequence[Any], **options: Any) -> CalibrationList:
         """POST /v1/calibrations (see `RewardClient.calibrate`)."""
-        request = CalibrationRequest(items=list(items), **options)
+        request = self._model_request(CalibrationRequest, items=list(items), **options)
         return self._parse(CalibrationList, await self._send(self._post_model("/v1/calibrations", request)))
 
     async def calibrations(self) -> CalibrationList:
@@ -388,19 +411,31 @@ class AsyncRewardClient(BaseClient):
         return self._parse_rewards(request, await self._send(http_request))
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send with retries; returns the last response, whatever its status."""
+        """Send with retries, all within `total_timeout`; returns the last response, whatever its status."""
+        deadline = self._deadline()
         attempt = 0
         while True:
+            left = self._time_left(request, deadline)
+            last: httpx.Response | httpx.TransportError
             try:
-                response = await self._http.send(request)
+                last = await asyncio.wait_for(self._read(request), timeout=left)
+            except TimeoutError:
+                raise self._past_deadline(request, "the answer was still arriving") from None
             except httpx.TransportError as exc:
-                delay = self._retry_delay(attempt, None)
+                delay, last = self._retry_delay(attempt, None), exc
                 if delay is None:
                     raise self._connection_error(exc) from exc
             else:
-                delay = self._retry_delay(attempt, response)
+                delay = self._retry_delay(attempt, last)
                 if delay is None:
-                    return response
-                await response.aclose()
-            await self._sleep(delay)
+                    return last
+            await self._sleep(self._delay_within(request, delay, deadline, last))
             attempt += 1
+
+    async def _read(self, request: httpx.Request) -> httpx.Response:
+        response = await self._http.send(request, stream=True)
+        try:
+            body = b"".join([chunk async for chunk in response.aiter_bytes()])
+        finally:
+            await response.aclose()
+        return self._buffered(response, body)

@@ -3,11 +3,12 @@
 Catch `RLMEError` to handle everything; catch a leaf to handle one case. The tree:
 
     RLMEError
+    ├── InvalidInputError            input no request can carry (also a ValueError); fix it
     ├── ClientClosedError            the client was closed; make a new one
     ├── NotReadyError                wait_until_ready() gave up
-    ├── APIResponseValidationError   a 2xx body did not match the wire model
+    ├── APIResponseValidationError   a 2xx body broke the contract (shape, count, NaN/Infinity)
     ├── APIConnectionError           no HTTP response (refused, reset, DNS, ...)
-    │   └── APITimeoutError
+    │   └── APITimeoutError              a timeout, or the call's total_timeout ran out
     └── APIStatusError               the server answered 4xx/5xx
         ├── BadRequestError              400, 413, 422: fix the request
         ├── AuthenticationError          401
@@ -30,6 +31,7 @@ import httpx
 
 __all__ = [
     "RLMEError",
+    "InvalidInputError",
     "ClientClosedError",
     "NotReadyError",
     "APIResponseValidationError",
@@ -50,6 +52,17 @@ __all__ = [
 
 class RLMEError(Exception):
     """Base class of every error the client raises."""
+
+
+class InvalidInputError(RLMEError, ValueError):
+    """Input the client refuses before sending anything: text with a lone UTF-16 surrogate.
+
+    `field` names where it is, e.g. `items[3].response`.
+    """
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ClientClosedError(RLMEError):
@@ -77,7 +90,7 @@ class APIConnectionError(RLMEError):
 
 
 class APITimeoutError(APIConnectionError):
-    """The request timed out (connect, read, write or pool)."""
+    """The request timed out (connect, read, write or pool), or the call's `total_timeout` ran out."""
 
 
 class APIStatusError(RLMEError):

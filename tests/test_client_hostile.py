@@ -1,0 +1,166 @@
+"""What the client does with input it cannot send and answers it must not pass on (issue 21):
+lone surrogates, Retry-After past the call's total deadline, bodies dripped a byte at a time,
+NaN and Infinity in a 200 answer. Without a network: httpx.MockTransport and a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from rlme.client import (
+    APIResponseValidationError,
+    APITimeoutError,
+    AsyncRewardClient,
+    InvalidInputError,
+    RewardClient,
+    RLMEError,
+)
+from rlme.client._core import DEFAULT_TOTAL_TIMEOUT, total_timeout_for
+
+OK_BODY = {
+    "rewards": [-0.2],
+    "results": [{"id": None, "reward": -0.2, "scores": []}],
+    "usage": {"evaluations": 1, "prompt_tokens": 10, "cached_prompt_tokens": 0},
+}
+
+
+class FakeClock:
+    """The client's deadline clock; sleeping advances it instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def client_for(handler, clock: FakeClock, **kwargs) -> RewardClient:  # type: ignore[no-untyped-def]
+    client = RewardClient(
+        base_url="http://rlme.test",
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+        **kwargs,
+    )
+    client._clock = clock
+    client._sleep = clock.sleep
+    client._random = lambda: 0.0
+    return client
+
+
+def test_a_lone_surrogate_is_a_typed_error_naming_its_field_and_nothing_is_sent() -> None:
+    sent: list[httpx.Request] = []
+    client = client_for(lambda r: sent.append(r) or httpx.Response(200, json=OK_BODY), FakeClock())
+    items = [{"prompt": "fine", "response": "ok"}, {"prompt": "fine", "response": "bad \ud800 text"}]
+    with pytest.raises(InvalidInputError) as caught:
+        client.rewards(items, questions=[{"id": "q", "text": "Is it fine?"}])
+    assert caught.value.field == "items[1].response"
+    assert isinstance(caught.value, RLMEError) and isinstance(caught.value, ValueError)
+    assert "U+D800" in str(caught.value)
+    with pytest.raises(InvalidInputError, match="items"):
+        client.judgments([{"prompt": "p", "response": "\udfff"}], judge="additive_5")
+    assert sent == []
+
+
+def test_the_async_client_refuses_a_surrogate_the_same_way() -> None:
+    client = AsyncRewardClient(
+        base_url="http://rlme.test",
+        http_client=httpx.AsyncClient(
+            transport=httpx.MockTransport(lambda r: httpx.Response(200, json=OK_BODY))
+        ),
+    )
+    with pytest.raises(InvalidInputError) as caught:
+        asyncio.run(client.rewards([{"prompt": "\ud83d", "response": "x"}], rubric="polite"))
+    assert caught.value.field == "items[0].prompt"
+
+
+def test_retry_after_past_the_total_deadline_fails_at_once() -> None:
+    clock = FakeClock()
+    answer = httpx.Response(
+        503, headers={"Retry-After": "99999"}, json={"error": {"code": "x", "message": "m"}}
+    )
+    client = client_for(lambda r: answer, clock, timeout=2)
+    with pytest.raises(APITimeoutError, match="total_timeout of 2 s"):
+        client.rewards([{"prompt": "p", "response": "r"}], rubric="polite")
+    assert clock.now < 2  # it never slept the 60 s cap, let alone 5 retries of it
+
+
+def test_retries_stop_when_the_total_deadline_is_spent() -> None:
+    clock = FakeClock()
+    client = client_for(lambda r: httpx.Response(502, json={}), clock, total_timeout=3)
+    with pytest.raises(APITimeoutError):
+        client.rewards([{"prompt": "p", "response": "r"}], rubric="polite")
+    assert sum(clock.slept) < 3 and len(clock.slept) >= 1
+
+
+class Drip(httpx.SyncByteStream):
+    """A body that arrives one byte per (fake) second."""
+
+    def __init__(self, body: bytes, clock: FakeClock) -> None:
+        self.body, self.clock = body, clock
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(len(self.body)):
+            self.clock.now += 1.0
+            yield self.body[i : i + 1]
+
+
+def test_a_dripped_body_cannot_outlive_the_call() -> None:
+    clock = FakeClock()
+    body = httpx.Response(200, json=OK_BODY).content
+    client = client_for(lambda r: httpx.Response(200, stream=Drip(body, clock)), clock, timeout=2)
+    with pytest.raises(APITimeoutError, match="still arriving"):
+        client.rewards([{"prompt": "p", "response": "r"}], rubric="polite")
+    assert clock.now <= 3  # the deadline (2 s) plus the one byte that crossed it
+
+
+def test_a_dripped_body_ends_the_async_call_on_time() -> None:
+    async def drip() -> httpx.Response:
+        async def chunks():  # type: ignore[no-untyped-def]
+            for byte in b'{"rewards": [':
+                await asyncio.sleep(0.05)
+                yield bytes([byte])
+
+        return httpx.Response(200, content=chunks())
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return await drip()
+
+    async def call() -> None:
+        client = AsyncRewardClient(
+            base_url="http://rlme.test",
+            total_timeout=0.3,
+            http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+        )
+        await client.rewards([{"prompt": "p", "response": "r"}], rubric="polite")
+
+    started = time.monotonic()
+    with pytest.raises(APITimeoutError):
+        asyncio.run(call())
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_reward_is_refused_never_passed_on(number: str) -> None:
+    text = json.dumps(OK_BODY).replace("-0.2", number)  # Python's json writes NaN as a literal too
+    answer = httpx.Response(200, content=text.encode(), headers={"content-type": "application/json"})
+    client = client_for(lambda r: answer, FakeClock())
+    with pytest.raises(APIResponseValidationError, match="finite"):
+        client.rewards([{"prompt": "p", "response": "r"}], rubric="polite")
+
+
+def test_the_total_deadline_defaults() -> None:
+    assert total_timeout_for(None, None) == DEFAULT_TOTAL_TIMEOUT
+    assert total_timeout_for(2, None) == 2.0
+    assert total_timeout_for(httpx.Timeout(5.0), None) == DEFAULT_TOTAL_TIMEOUT
+    assert total_timeout_for(2, 30) == 30
+    with pytest.raises(ValueError, match="total_timeout"):
+        total_timeout_for(None, float("nan"))
