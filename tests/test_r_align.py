@@ -51,13 +51,35 @@ def test_advantages_leave_out_failed_checks() -> None:
 def test_split_and_held_out_rows_are_an_audit_file(tmp_path: Path) -> None:
     rows = read_rows(SHIPPED)
     train, held = split(rows, 4)
-    assert len(held) == 16 and len(train) == 48
+    assert len(held) == len(rows) // 4 and len(train) == len(rows) - len(held)
     assert {r.index for r in held}.isdisjoint({r.index for r in train})
     trainer_rows = training_rows(str(SHIPPED), 4, tmp_path)
-    assert len(trainer_rows) == 48
+    assert len(trainer_rows) == len(train)
     assert [r.prompt for r in read_rows(tmp_path / "held_out.jsonl")] == [r.prompt for r in held]
     first = trainer_rows[0]
     assert first["reference"] in ("A", "B") and "<response_a>" in first["prompt"] and first["system"]
+
+
+@pytest.mark.parametrize("every", [2, 3, 4, 5])
+def test_held_out_rows_are_stratified_by_label_and_category(every: int) -> None:
+    rows = read_rows(SHIPPED)
+    _, held = split(rows, every)
+    always_a = sum(r.label == "A" for r in held) / len(held)
+    assert abs(always_a - 0.5) <= 1 / len(held) + 1e-9  # a constant verdict scores 0.5, +- one row
+    for category in {r.category for r in rows}:
+        for label in ("A", "B"):
+            n = sum(r.category == category and r.label == label for r in rows)
+            kept = sum(r.category == category and r.label == label for r in held)
+            assert abs(kept - n / every) < 1, (category, label)
+
+
+def test_an_unbalanced_file_keeps_its_label_shares_when_split() -> None:
+    from dataclasses import replace
+
+    rows = [replace(r, label="A" if i % 3 else "B") for i, r in enumerate(read_rows(SHIPPED))]
+    _, held = split(rows, 4)
+    share = sum(r.label == "A" for r in rows) / len(rows)
+    assert abs(sum(r.label == "A" for r in held) / len(held) - share) <= 1 / len(held)
 
 
 def test_reward_is_label_gated_and_failed_alignment_checks_are_not_numbers(tmp_path: Path) -> None:
@@ -105,16 +127,24 @@ def test_the_audit_counts_an_empty_rationale_as_misaligned() -> None:
         def rewards(self, *args: object, **kwargs: object) -> None:
             raise AssertionError("asked the aligner about an empty rationale")
 
-    record = {"status": "ok", "rationale": "  ", "verdict": "A", "label_correct": True}
+    empty = {"rationale": "  ", "verdict": "A", "label_correct": True, "aligned": None, "alignment_p": None}
+    no_verdict = {"rationale": "B is right.", "verdict": None, "label_correct": False, "aligned": None}
+    record = {"orders": {"ab": empty, "ba": no_verdict}}
     align(NoCalls(), [record], None, 0.5)
-    assert record["aligned"] is False and record["alignment_p"] is None
+    assert empty["aligned"] is False and empty["alignment_p"] is None and empty["check"] == "empty_rationale"
+    assert no_verdict["aligned"] is None  # no verdict, nothing to check
 
 
 def test_alignment_item_is_the_audits_layout() -> None:
+    from dataclasses import asdict
+
+    from rlme.trainer.audit import alignment_item as audit_item
+
     row = read_rows(SHIPPED)[0]
     item = alignment_item(row, "  Because of X.  \nVerdict: B")
     assert item["response"] == "Because of X.\nVerdict: B"
     assert item["prompt"].startswith(row.prompt) and "Response B:\n" + row.response_b in item["prompt"]
+    assert item == audit_item(asdict(row), "Because of X.", "B", "ab")  # the audit's headline judgment
 
 
 def test_config_checks() -> None:

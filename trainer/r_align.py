@@ -2,28 +2,43 @@
 
 The GRPO trainer with `reward: r_align` trains the policy *as a pairwise judge* on
 audit-format rows (trainer/audit.py: prompt, response_a, response_b, label,
-gold_rationale). The policy reads the service's own pairwise judge prompt (the built-in
-`pairwise` template, system prompt included, so the trained model is judged by the audit
-exactly as it was trained) and writes a rationale and "Verdict: A|B". Its reward is
-label-gated (R-Align, arXiv 2602.06763; an RLVR + RLME mixture on judge outputs):
+gold_rationale). The policy reads the service's built-in `pairwise` judge prompt (its
+system prompt and template) with response_a shown first, and writes a rationale and
+"Verdict: A|B". Its reward is label-gated:
 
-    r = w_label · c  +  w_align · c · P(aligned)      c = [parsed verdict == label]
+    r = w_label · c  +  w_align · c · P(aligned)      c = [written verdict == label]
 
 with w_label = `rlvr_weight`, w_align = `rlme_weight`, and P(aligned) the aligner
-evaluator's P(yes) to the audit's ALIGNMENT_QUESTION, the gold rationale as `reference`
-(the same item layout as the audit, so the training signal is what the audit measures).
+evaluator's P(yes) to the audit's ALIGNMENT_QUESTION, in the audit's item layout for an
+A-first judgment (trainer/audit.py: alignment_item), the gold rationale as `reference`.
 The alignment term is asked only for label-correct judgments: a wrong verdict earns
 nothing, whatever its reasons; a right verdict with no rationale before it gets
 P(aligned) = 0 (a first CPU run without this rule learned to write only "Verdict: A",
 which the 135M aligner still called aligned about half the time). An alignment check
 the aligner could not make (labels got less than its `min_label_mass`) is not a number:
 that judgment is left out of its group's advantages (advantage 0) and counted in
-`r_align/alignment_failures`.
+`r_align/alignment_failures`. An optional SFT warm-up (`sft_steps`) first teaches the
+format on the gold judgments (gold rationale + "Verdict: label") of the training rows.
 
-Rows whose index is a multiple of `held_out_every` are never trained on; the trainer
-writes them to OUTPUT/held_out.jsonl so the audit can be run on them before and after.
-An optional SFT warm-up (`sft_steps`) first teaches the format on the gold judgments
-(gold rationale + "Verdict: label") of the training rows.
+This objective is our construction, inspired by R-Align (arXiv 2602.06763), not the
+authors' own: notes on the paper describe an SFT warm-up on gold judgments, then GRPO with
+a reward gated by the label, but the exact training objective is not public (what we have
+read of it is in docs/fidelity.md). Further departures:
+- the verdict is a written "Verdict: A" after the service's cue, not `\\boxed{A}`;
+- the rationale check is an evaluator's P(yes) to one meta-question, used as a number,
+  not a strong LLM's binary Correct/Incorrect; the empty-rationale rule is ours;
+- the policy is optimised with this repository's GRPO loop (trainer/grpo.py: CISPO loss,
+  group-normalised advantages).
+
+What the audit reads of the trained judge: its headline (one generation, response_a shown
+first) uses the same prompt and order as training, and audits that generation's rationale
+and verdict. It reads the verdict as the probability of each label after the cue of a
+greedy generation, where training rewards the label the policy wrote in a sampled one;
+the audit also reports the written verdict's accuracy (`written_label_accuracy`), which
+is what this reward counts.
+
+Held-out rows (`held_out_every`, see `split`) are never trained on; the trainer writes
+them to OUTPUT/held_out.jsonl so the audit can be run on them before and after.
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ from typing import Any
 import torch
 
 from rlme.trainer.audit import ALIGNMENT_QUESTION, AuditRow, read_rows
+from rlme.trainer.audit import alignment_item as audit_alignment_item
 
 DATA_DIR = Path(__file__).parent / "data"
 ALIGNMENT = {"id": "aligned", "text": ALIGNMENT_QUESTION, "requires_reference": True}
@@ -49,11 +65,15 @@ def audit_file(data: str) -> Path:
 
 
 def split(rows: list[AuditRow], held_out_every: int) -> tuple[list[AuditRow], list[AuditRow]]:
-    """(train, held out): every `held_out_every`-th row (index 0, N, 2N, ...) is held out."""
+    """(train, held out), stratified by label and category: rows sorted by (label,
+    category, file order), every `held_out_every`-th of them (positions 0, N, 2N, ...) held
+    out. Each label, and each (label, category), keeps within one row of 1/N of its rows,
+    so a constant verdict scores on the held-out rows what it scores on the file."""
     if held_out_every <= 0:
         return rows, []
-    held = [r for r in rows if r.index % held_out_every == 0]
-    return [r for r in rows if r.index % held_out_every != 0], held
+    ranked = sorted(rows, key=lambda r: (r.label, r.category, r.index))
+    held_ids = {r.index for r in ranked[::held_out_every]}
+    return [r for r in rows if r.index not in held_ids], [r for r in rows if r.index in held_ids]
 
 
 def write_rows(rows: list[AuditRow], path: Path) -> None:
@@ -92,15 +112,11 @@ def gold_judgment(row: AuditRow) -> str:
 
 
 def alignment_item(row: AuditRow, judgment: str) -> dict[str, str]:
-    """What the aligner reads: the audit's layout (trainer/audit.py: align)."""
+    """What the aligner reads: the audit's item for an A-first judgment (trainer/audit.py)."""
     from rlme.service.judges import PAIRWISE, split_verdict
 
     rationale, verdict, _ = split_verdict(judgment, PAIRWISE.cue, PAIRWISE.labels)
-    return {
-        "prompt": f"{row.prompt}\n\nResponse A:\n{row.response_a}\n\nResponse B:\n{row.response_b}",
-        "response": f"{rationale.strip()}\nVerdict: {verdict}",
-        "reference": row.gold_rationale,
-    }
+    return audit_alignment_item(asdict(row), rationale, verdict or "", "ab")
 
 
 def rewards(
