@@ -132,6 +132,27 @@ def test_compute_rewards_mixture_and_anchoring() -> None:
     assert metrics["reward/correct/mean"] == pytest.approx(2.0 * math.log(0.25))
 
 
+def test_a_score_with_low_label_mass_is_masked_like_r_aligns_failed_checks() -> None:
+    fake = FakeRewardService(p_yes=lambda item: None if item.response == "???" else 0.5)
+    questions = [{"id": "correct", "text": "Is the answer correct?"}]
+    from rlme.client import MetaQuestion
+
+    parsed = [MetaQuestion.model_validate(q) for q in questions]
+    texts = ["4", "???", "5", "4"]
+    for masked in (True, False):
+        cfg = TrainConfig(reward="rlme", questions=questions, mask_low_label_mass=masked)
+        with fake.client() as client:
+            rewards, metrics = compute_rewards(
+                client, cfg, parsed, prompts=["2+2?"] * 4, texts=texts, references=[None] * 4,
+                anchored=[False] * 4, rule=None,
+            )  # fmt: skip
+        assert metrics["reward/low_label_mass_frac"] == 0.25
+        assert rewards[1].isnan().item() is masked and not rewards[[0, 2, 3]].isnan().any()
+    # NaN leaves the group's mean and std and gets advantage 0.
+    advantages = group_advantages(torch.tensor([[1.0, math.nan, 3.0, 5.0]]), scale_by_std=False)
+    assert advantages.tolist() == [[-2.0, 0.0, 0.0, 2.0]]
+
+
 # ---------------------------------------------------------------- config and data
 
 

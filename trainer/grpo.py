@@ -41,6 +41,11 @@ arXiv 2506.13585; RLME: Rentschler & Roberts 2026):
 - Responses cut off at `max_new_tokens` are scored and trained on as they are.
 - Each of the `mu` passes is one optimiser step over the whole batch (micro-batches only
   accumulate gradients), not several mini-batch steps.
+- p_yes is normalised over the two answers, P(yes) / (P(yes) + P(no)), each summed over
+  the tokenizer's variants of the word (RLME reads P(yes) alone), and the service floors
+  log p_yes at `reward.logp_floor` (−20) so one near-certain "No" cannot dominate a batch.
+- A response whose score has low label mass (the evaluator answered neither yes nor no)
+  gets no reward and advantage 0 (`mask_low_label_mass`), as in 'r_align'.
 """
 
 from __future__ import annotations
@@ -117,6 +122,11 @@ class TrainConfig:
     ask the evaluator. null: the shipped task's own, else 'reference' if every row has one, else none."""
     rlme_weight: float = 1.0
     """Weight of the service's reward in 'mixture'; of the alignment term in 'r_align'."""
+    mask_low_label_mass: bool = True
+    """A response the evaluator did not answer yes/no about (a score with `low_label_mass`) gets no
+    reward: it is left out of its group's advantages (advantage 0) and counted in
+    `reward/low_label_mass_frac`, as 'r_align' does with a failed alignment check. False: its
+    p_yes enters the reward like any other."""
     rlvr_weight: float = 1.0
     """Weight of the rule reward in 'mixture'; of label correctness in 'r_align'."""
     held_out_every: int = 4
@@ -412,7 +422,8 @@ def compute_rewards(
     rule: str | None,
     step: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Rewards (B,) = w_rlme · service reward + w_rlvr · rule reward, and their metrics.
+    """Rewards (B,) = w_rlme · service reward + w_rlvr · rule reward, and their metrics; NaN
+    where a score has low label mass (`mask_low_label_mass`): group_advantages gives it 0.
 
     The rule check runs whenever there is a rule, also when it is not in the reward: it is
     the independent measure that shows whether the evaluator's reward tracks the truth.
@@ -436,6 +447,11 @@ def compute_rewards(
         )
         rewards += w_rlme * torch.tensor(answer.rewards)
         metrics["reward/rlme/mean"] = mean(answer.rewards)
+        # p_yes compares two answers the evaluator hardly gave: not a reward (NaN: advantage 0).
+        unanswered = torch.tensor([any(s.low_label_mass for s in r.scores) for r in answer.results])  # (B,)
+        metrics["reward/low_label_mass_frac"] = float(unanswered.float().mean())
+        if cfg.mask_low_label_mass:
+            rewards[unanswered] = math.nan
         metrics["usage/evaluations"] = float(answer.usage.evaluations)
         for q in dict.fromkeys(score.question for result in answer.results for score in result.scores):
             scores = [[s for s in result.scores if s.question == q] for result in answer.results]
