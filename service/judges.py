@@ -22,21 +22,22 @@ _JUDGE_SYSTEM = (
     "to you."
 )
 
-_ADDITIVE_CRITERIA = """\
-Start from 0 and add one point for each criterion the response meets:
+_CRITERIA = """\
 1. It is relevant to the prompt and gives some useful information, even if incomplete.
 2. It covers a substantial part of what was asked, without fully resolving it.
 3. It answers the core of the prompt usefully, whatever its style.
 4. It reads as a direct, complete, well-organised answer from an AI assistant, with little to improve.
-5. It is tailored to the prompt exactly: expert, focused, engaging, with nothing superfluous.
+5. It is tailored to the prompt exactly: expert, focused, engaging, with nothing superfluous."""
+# The paper's scale (Self-Rewarding LMs, reused by Meta-Rewarding): 0 to 5 points.
+_ADDITIVE_CRITERIA = f"""\
+Start from 0 and add one point for each criterion the response meets:
+{_CRITERIA}"""
+# Our earlier variant: a response that meets no criterion still gets 1.
+_ADDITIVE_CRITERIA_FROM_1 = f"""{_ADDITIVE_CRITERIA}
 A response that meets none of them still gets 1."""
 
-ADDITIVE_5 = JudgeTemplate(
-    kind="pointwise",
-    description="Additive 5-point rubric (Self-Rewarding / Meta-Rewarding LMs), in our own words.",
-    system_prompt=_JUDGE_SYSTEM,
-    template=f"""Grade the response to the prompt on an additive 5-point scale.
-{_ADDITIVE_CRITERIA}
+_ADDITIVE_TEMPLATE = """Grade the response to the prompt on an additive 5-point scale.
+{criteria}
 
 <prompt>
 {{prompt}}
@@ -47,7 +48,24 @@ ADDITIVE_5 = JudgeTemplate(
 </response>
 
 In at most 100 words, say which criteria the response meets.
-Then write the total on its own line as "Score: <points>".""",
+Then write the total on its own line as "Score: <points>"."""
+
+ADDITIVE_5 = JudgeTemplate(
+    kind="pointwise",
+    description="The additive 5-point rubric of Self-Rewarding / Meta-Rewarding LMs, in our own "
+    "words: 0 to 5 points, one per criterion met (the papers' judge).",
+    system_prompt=_JUDGE_SYSTEM,
+    template=_ADDITIVE_TEMPLATE.format(criteria=_ADDITIVE_CRITERIA),
+    cue="Score:",
+    labels=["0", "1", "2", "3", "4", "5"],
+)
+
+ADDITIVE_5_FROM_1 = JudgeTemplate(
+    kind="pointwise",
+    description="Our variant of the additive rubric: 1 to 5 points (no criterion met still gets "
+    "1). `additive_5` was this before it took the papers' 0-5 scale.",
+    system_prompt=_JUDGE_SYSTEM,
+    template=_ADDITIVE_TEMPLATE.format(criteria=_ADDITIVE_CRITERIA_FROM_1),
     cue="Score:",
     labels=["1", "2", "3", "4", "5"],
 )
@@ -82,7 +100,8 @@ Then write your verdict on its own line as "Verdict: A" or "Verdict: B".""",
 META = JudgeTemplate(
     kind="meta",
     description="Meta-judge (Meta-Rewarding LMs): which of two judgments of one response applies "
-    "the additive 5-point rubric more accurately.",
+    "the additive 0-5 point rubric more accurately. Departure: it also tells the meta-judge not "
+    "to prefer a judgment for its length or a higher score (the paper's prompt does not).",
     system_prompt=_JUDGE_SYSTEM,
     template=f"""Two judges graded the same response with this rubric:
 {_ADDITIVE_CRITERIA}
@@ -111,7 +130,12 @@ Then write your verdict on its own line as "Verdict: A" or "Verdict: B".""",
     labels=["A", "B"],
 )
 
-BUILTIN_JUDGES: dict[str, JudgeTemplate] = {"additive_5": ADDITIVE_5, "pairwise": PAIRWISE, "meta": META}
+BUILTIN_JUDGES: dict[str, JudgeTemplate] = {
+    "additive_5": ADDITIVE_5,
+    "additive_5_from_1": ADDITIVE_5_FROM_1,
+    "pairwise": PAIRWISE,
+    "meta": META,
+}
 DEFAULT_JUDGE = {"pointwise": "additive_5", "pairwise": "pairwise", "meta": "meta"}
 
 

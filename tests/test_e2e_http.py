@@ -74,7 +74,7 @@ def test_cli_judge_against_a_server(server: str) -> None:
                "--response", "4", "--max-tokens", "8", "--url", server]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    assert "--- judgment 1" in done.stdout and "verdict probabilities: 1: " in done.stdout
+    assert "--- judgment 1" in done.stdout and "verdict probabilities: 0: " in done.stdout
     assert "=== score " in done.stdout
 
 

@@ -60,7 +60,7 @@ async def test_greedy_judgment_equals_direct_generate_and_forward(
     probs = label_logps.softmax(0).tolist()
     assert list(judgment["verdict_probs"].values()) == pytest.approx(probs, abs=1e-4)
     assert judgment["label_mass"] == pytest.approx(label_logps.exp().sum().item(), abs=1e-4)
-    expected = sum(p * v for p, v in zip(probs, [1, 2, 3, 4, 5]))
+    expected = sum(p * v for p, v in zip(probs, [0, 1, 2, 3, 4, 5], strict=True))  # the papers' 0-5 scale
     assert judgment["expected_score"] == pytest.approx(expected, abs=1e-4)
     result = body["results"][0]
     assert result["score"] == pytest.approx(expected, abs=1e-4) and result["status"] == "parse_failed"
@@ -71,7 +71,7 @@ async def test_greedy_judgment_equals_direct_generate_and_forward(
 
 async def test_normalized_reward_maps_the_score_to_0_1(client: httpx.AsyncClient) -> None:
     result = (await judge(client, reward="normalized"))["results"][0]
-    assert result["reward"] == pytest.approx((result["score"] - 1) / 4)
+    assert result["reward"] == pytest.approx(result["score"] / 5)  # 0..5 -> 0..1
 
 
 async def test_seeded_samples_are_reproducible(client: httpx.AsyncClient) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlme.trainer.dpo import actor_pair, dpo_loss, judge_pair_reason, load_config
+from rlme.trainer.dpo import actor_pair, dpo_loss, judge_pair_reason, load_config, score_variance
 
 
 def test_dpo_loss_against_numbers_worked_out_by_hand() -> None:
@@ -47,6 +47,22 @@ def test_judge_pairs_need_different_scores_and_a_bounded_length() -> None:
     assert judge_pair_reason(5, 2, 800, 1100) is None
 
 
+def test_the_judged_response_is_the_one_whose_stated_scores_vary_most() -> None:
+    # The paper picks by variance, not range: one 0 among seven 5s has the larger range
+    # (5 vs 4) but the smaller variance (175/64 = 2.73 vs 4) than [1, 5, 1, 5].
+    assert score_variance([0.0] + [5.0] * 7) == pytest.approx(175 / 64)
+    assert score_variance([1.0, 5.0, 1.0, 5.0]) == pytest.approx(4.0)
+    assert score_variance([3.0]) == 0.0
+
+
+def test_live_self_is_the_default_and_needs_a_frozen_referee() -> None:
+    cfg = load_config({}, "x.yaml")
+    assert cfg.live_self and cfg.referee == "frozen" and cfg.judge == "additive_5"
+    assert load_config({"live_self": False}, "x.yaml").referee is None  # the service's default
+    with pytest.raises(ValueError, match="cannot be the frozen referee"):
+        load_config({"frozen_evaluator": "default"}, "x.yaml")
+
+
 def test_config_refuses_unknown_fields_and_bad_rho() -> None:
     with pytest.raises(ValueError, match="unknown fields"):
         load_config({"algorithm": "meta_rewarding", "rho": 0.2}, "x.yaml")
@@ -75,6 +91,7 @@ def test_one_tiny_iteration_writes_every_output_and_changes_the_weights(
         "lr": 1e-4,
         "epochs": 1,
         "base_url": one_thread_server,
+        "live_self": False,  # the frozen-judge option: this server has one evaluator
         "output_dir": str(run),
     }
     path = tmp_path / "config.yaml"

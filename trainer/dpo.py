@@ -11,18 +11,20 @@ the start of the iteration and s(y) = log π(y | x) summed over the response's t
 
 Each iteration (Wu et al. 2024, Meta-Rewarding LMs, arXiv 2407.19594):
 1. Actor: sample K responses per prompt from the current policy.
-2. Judge: N judgments per response by the service (`judge`, 5-point additive rubric);
-   score = mean expected score of the usable judgments (masked ones dropped).
+2. Judge: N judgments per response by the service (`judge`: the additive rubric, 0 to 5
+   points); score = mean expected score of the usable judgments (masked ones dropped).
 3. Actor pairs with length control: S_max, S_min the best and worst scores; chosen = the
    shortest response scoring in [(1−ρ)S_max + ρS_min, S_max], rejected = the longest in
    [S_min, (1−ρ)S_min + ρS_max]; no pair when the scores tie (spread < `tie_margin`).
-4. Judge pairs: per prompt, the response whose judgments disagree most; the meta-judge
-   battles its N judgments in both orders (position-weighted, Bradley–Terry: service
-   /v1/meta-judgments); chosen = strongest, rejected = weakest judgment, dropped when both
-   give the same score or the chosen one is longer than `max_judgment_chars`.
+4. Judge pairs: per prompt, the response whose judgments' stated scores have the largest
+   variance; the meta-judge battles its N judgments in both orders (position-weighted,
+   Bradley–Terry: service /v1/meta-judgments); chosen = strongest, rejected = weakest
+   judgment, dropped when the chosen one is longer than `max_judgment_chars`.
 5. DPO on actor pairs and (in the first `judge_iterations` iterations) judge pairs, judge
-   pairs' loss weighted by `judge_loss_weight`; then, with `live_self`, the service's
-   evaluator reloads the new weights, so the next iteration is judged by the new model.
+   pairs' loss weighted by `judge_loss_weight`; then (`live_self`, the default) the
+   service's evaluator reloads the new weights, so the model that acts also judges and
+   meta-judges in the next iteration, as in the paper. `live_self: false` keeps a frozen
+   judge instead (the initial model judges every iteration).
 
 An independent measure every iteration: on held-out prompts, greedy responses of the
 current policy against the initial policy's, compared by a *frozen* evaluator through
@@ -34,7 +36,13 @@ Departures from the paper: no SFT warm-up on judge data; a small model and few s
 is the distribution sampled from); scores are expected scores read from the judge's label
 probabilities (the paper parses the text's "Score: k"); battles are soft (a win is the
 meta-judge's probability, not a 0/1 parse); the judgment shown to the meta-judge and
-trained on is its rationale plus "Score: k" with k its most probable label.
+trained on is its rationale plus "Score: k" with k its most probable label, and the
+variance that picks the judged response is of those k; a judge pair whose two judgments
+state the same score is dropped (ours: DPO between two equal verdicts teaches only
+wording); the meta-judge's prompt also says not to prefer a judgment for its length or a
+higher score (service/judges.py META); the independent win-rate measure by a frozen
+evaluator is ours. From secondary notes, not the paper's text: ρ's schedule, lr 5e-6,
+the ~1,100-character judgment limit.
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ class MetaRewardingConfig:
     temperature: float = 0.8
     """Actor sampling temperature (no top-k/top-p)."""
     judge: str = "additive_5"
-    """The service's pointwise judge (GET /v1/judges)."""
+    """The service's pointwise judge (GET /v1/judges): 'additive_5' is the papers' 0-5 rubric."""
     judgments: int = 3
     """N: judgments per response (sampled when > 1)."""
     judge_temperature: float = 0.8
@@ -93,7 +101,8 @@ class MetaRewardingConfig:
     judge_evaluator: str | None = None
     """The service evaluator that judges and meta-judges; null: its default."""
     frozen_evaluator: str | None = None
-    """The evaluator of the independent win-rate measure; it must never be reloaded. null: default."""
+    """The evaluator of the independent win-rate measure; it must never be reloaded. null: 'frozen'
+    with `live_self` (a second evaluator on the service), else the service's default."""
     length_control: float = 0.2
     """ρ in [0, 0.5]: how far below the best score a shorter response may still be chosen (0: max/min)."""
     tie_margin: float = 0.05
@@ -116,8 +125,9 @@ class MetaRewardingConfig:
     """Gradient-norm clip per optimiser step; 0 disables."""
     eval_prompts: int = 8
     """Held-out prompts (the last rows of the data) for the independent measure; never trained on."""
-    live_self: bool = False
-    """Reload `live_self_evaluator` on the service with the policy after each iteration."""
+    live_self: bool = True
+    """Reload `live_self_evaluator` on the service with the policy after each iteration: the model
+    judges itself (the paper). False: a frozen judge, the initial model, judges every iteration."""
     live_self_evaluator: str = "default"
     """The evaluator that follows the policy when `live_self` is on (needs an admin key or loopback)."""
     base_url: str | None = None
@@ -140,11 +150,25 @@ class MetaRewardingConfig:
             raise ValueError(f"length_control (ρ) must be in [0, 0.5], not {self.length_control}")
         if self.rule is not None and self.rule not in RULES:
             raise ValueError(f"rule must be one of {sorted(RULES)}, not {self.rule!r}")
+        live = self.live_self_evaluator
+        if self.live_self and self.referee == live:
+            raise ValueError(
+                f"live_self reloads evaluator {live!r} every iteration, so it cannot be the frozen "
+                "referee: set frozen_evaluator to a second evaluator of the service "
+                "(examples/meta_rewarding_service.yaml), or live_self: false"
+            )
         if self.resume is not None and not (Path(self.resume) / "trainer_state.pt").is_file():
             raise ValueError(
                 f"resume: {self.resume} is not a checkpoint of this trainer (no trainer_state.pt there); "
                 "checkpoints are written to output_dir/checkpoints/step_N"
             )
+
+    @property
+    def referee(self) -> str | None:
+        """The evaluator of the win-rate measure (None: the service's default)."""
+        if self.frozen_evaluator is not None:
+            return self.frozen_evaluator
+        return "frozen" if self.live_self else None
 
 
 def load_config(values: dict[str, Any], source: str) -> MetaRewardingConfig:
@@ -238,7 +262,7 @@ def win_rate(
     pairs = [
         {"prompt": p, "response_a": a, "response_b": b} for p, a, b in zip(prompts, new, old, strict=True)
     ]
-    results = client.compare(pairs, max_tokens=cfg.judge_max_tokens, evaluator=cfg.frozen_evaluator).results
+    results = client.compare(pairs, max_tokens=cfg.judge_max_tokens, evaluator=cfg.referee).results
     wins = [r.p_a_better for r in results if r.p_a_better is not None]
     return sum(wins) / len(wins) if wins else float("nan")
 
@@ -351,7 +375,8 @@ def iteration_pairs(
     metrics: dict[str, float] = {"judge/masked_frac": sum(r.mask for r in results) / len(results)}
     for status in sorted({r.status for r in results}):  # why items were masked: timeout, error, ...
         metrics[f"judge/status_{status}"] = sum(r.status == status for r in results) / len(results)
-    for k in range(1, 6):
+    for value in template.label_values:  # the share of responses per rounded score
+        k = round(value)
         metrics[f"judge/score_{k}"] = sum(round(s) == k for s in scores_all) / max(1, len(scores_all))
     metrics["judge/score_mean"] = sum(scores_all) / max(1, len(scores_all))
     skipped = {"tie": 0, "masked": 0, "same score": 0, "chosen judgment too long": 0, "no spread": 0}
@@ -383,14 +408,14 @@ def iteration_pairs(
             )
         if not train_judge:
             continue
-        spread = {i: _spread(group[i]) for i in usable}
-        target = max(spread, key=lambda i: spread[i])
+        variance = {i: score_variance(stated_scores(group[i], template)) for i in usable}
+        target = max(variance, key=lambda i: variance[i])
         judgments = [j for j in group[target].judgments if j.expected_score is not None]
-        if len(judgments) < 2 or spread[target] == 0:
+        if len(judgments) < 2 or variance[target] == 0:
             skipped["no spread"] += 1
             continue
         shown = [judgment_text(j, template.cue) for j in judgments]
-        stated = [template.label_values[template.labels.index(verdict_of(j))] for j in judgments]
+        stated = stated_scores(group[target], template)
         meta = client.meta_judge(
             prompts[g],
             texts[g + target],
@@ -428,9 +453,21 @@ def iteration_pairs(
     return pairs, metrics
 
 
-def _spread(result: Any) -> float:
-    scores = [j.expected_score for j in result.judgments if j.expected_score is not None]
-    return max(scores) - min(scores) if len(scores) > 1 else 0.0
+def stated_scores(result: Any, template: Any) -> list[float]:
+    """The score each usable judgment of a response states (its most probable label's value)."""
+    return [
+        template.label_values[template.labels.index(verdict_of(j))]
+        for j in result.judgments
+        if j.expected_score is not None
+    ]
+
+
+def score_variance(scores: list[float]) -> float:
+    """Population variance; 0 for fewer than two scores (the paper picks the largest)."""
+    if len(scores) < 2:
+        return 0.0
+    mean = sum(scores) / len(scores)
+    return sum((s - mean) ** 2 for s in scores) / len(scores)
 
 
 def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
