@@ -49,6 +49,7 @@ WHEEL_CHECK := build/wheel-check
 check-wheel: install
 	rm -rf $(WHEEL_CHECK)
 	$(BIN)/python -m build --outdir $(WHEEL_CHECK)/dist . > /dev/null
+	$(BIN)/python tests/wheel_check.py $(WHEEL_CHECK)/dist/rlme-*.whl
 	$(PYTHON) -m venv $(WHEEL_CHECK)/client
 	$(WHEEL_CHECK)/client/bin/python -m pip install -q $(WHEEL_CHECK)/dist/rlme-*.whl
 	$(WHEEL_CHECK)/client/bin/python -c "import sys, rlme.client; assert 'torch' not in sys.modules"
