@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from rlme.service.backends.transformers_backend import TransformersBackend  # noqa: E402
-from rlme.service.judges import ADDITIVE_5, fill  # noqa: E402
+from rlme.service.judging.templates import ADDITIVE_5, fill  # noqa: E402
 from rlme.service.prompting import tokenize_turn  # noqa: E402
 from rlme.service.settings import EvaluatorConfig, Settings  # noqa: E402
 

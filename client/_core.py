@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -239,10 +240,14 @@ class BaseClient:
             method, self.base_url + path, content=content, headers=headers, timeout=timeout
         )
 
-    def _model_request(self, model: type[ModelT], **fields: Any) -> ModelT:
-        """`model(**fields)`, once no field holds text that cannot go over the wire."""
+    def _model_request(self, wire_model: type[ModelT], /, **fields: Any) -> ModelT:
+        """`wire_model(**fields)`, once no field holds text that cannot go over the wire."""
         reject_lone_surrogates(fields)
-        return model(**fields)
+        return wire_model(**fields)
+
+    @staticmethod
+    def _reload_path(name: str) -> str:
+        return f"/admin/evaluators/{quote(name, safe='')}/reload"
 
     def _get(self, path: str) -> httpx.Request:
         return self._build_request("GET", path)

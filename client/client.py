@@ -38,6 +38,8 @@ from .wire import (
     JudgmentResponse,
     MetaJudgmentRequest,
     MetaJudgmentResponse,
+    ReloadRequest,
+    ReloadResponse,
     RewardRequest,
     RewardResponse,
     RubricList,
@@ -179,6 +181,13 @@ class RewardClient(BaseClient):
     def calibrations(self) -> CalibrationList:
         """GET /v1/calibrations: the fitted calibrations and their held-out ECE."""
         return self._parse(CalibrationList, self._send(self._get("/v1/calibrations")))
+
+    def reload_evaluator(self, name: str, model: str | None = None) -> ReloadResponse:
+        """POST /admin/evaluators/{name}/reload (admin key): the evaluator loads `model` (a
+        folder or .gguf the service can read; None: its configured path again) beside its
+        current weights and swaps between two batches (RLME's live self)."""
+        request = self._model_request(ReloadRequest, model=model)
+        return self._parse(ReloadResponse, self._send(self._post_model(self._reload_path(name), request)))
 
     def health(self) -> Health:
         """One GET /health, without retries: a 503 "loading" report is returned, not raised."""
@@ -380,6 +389,13 @@ class AsyncRewardClient(BaseClient):
     async def calibrations(self) -> CalibrationList:
         """GET /v1/calibrations (see `RewardClient.calibrations`)."""
         return self._parse(CalibrationList, await self._send(self._get("/v1/calibrations")))
+
+    async def reload_evaluator(self, name: str, model: str | None = None) -> ReloadResponse:
+        """POST /admin/evaluators/{name}/reload (see `RewardClient.reload_evaluator`)."""
+        request = self._model_request(ReloadRequest, model=model)
+        return self._parse(
+            ReloadResponse, await self._send(self._post_model(self._reload_path(name), request))
+        )
 
     async def health(self) -> Health:
         """One GET /health, without retries: a 503 "loading" report is returned, not raised."""

@@ -117,8 +117,8 @@ def summarise(task: str, out: Path, report: dict[str, Any]) -> None:
 def replay(report: dict[str, Any], window: int) -> list[str]:
     """The alarm each step would have had with another window, from the stored steps (the
     signals are pure functions; a step's probes count as if scored before the next step)."""
-    from rlme.client.wire_runs import RunStep
-    from rlme.service.hacking_signals import Thresholds, run_alarm, signals
+    from rlme.client.wire.runs import RunStep
+    from rlme.service.monitoring.signals import Thresholds, run_alarm, signals
 
     steps = [RunStep(**s) for s in report["steps"]]
     return [run_alarm(signals(steps[: k + 1], Thresholds(window=window))) for k in range(len(steps))]
@@ -130,8 +130,8 @@ def plot(out: Path, reports: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rlme.client.wire_runs import RunStep
-    from rlme.service.hacking_signals import canary_p_yes, mean_p_yes
+    from rlme.client.wire.runs import RunStep
+    from rlme.service.monitoring.signals import canary_p_yes, mean_p_yes
 
     fig, axes = plt.subplots(2, len(reports), figsize=(6.5 * len(reports), 7), squeeze=False)
     for col, (task, report) in enumerate(reports.items()):

@@ -13,11 +13,11 @@ from rlme.service.auth import KeyRing
 from rlme.service.calibration import CalibrationStore
 from rlme.service.errors import install_error_handlers
 from rlme.service.evaluators import EvaluatorPool
-from rlme.service.judging import JudgeService
+from rlme.service.judging.service import JudgeService
 from rlme.service.metrics import Metrics
 from rlme.service.middleware import RequestContextMiddleware
+from rlme.service.monitoring.monitor import RunMonitor
 from rlme.service.routes import admin, calibrations, compat, info, judges, rewards, runs
-from rlme.service.run_monitor import RunMonitor
 from rlme.service.scoring import RewardScorer
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
@@ -43,7 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             loading.cancel()
-            app.state.scorer.cancel_probes()
+            if app.state.scorer.probes is not None:
+                app.state.scorer.probes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             # uvicorn has already given requests their shutdown_grace_s: what still runs in an

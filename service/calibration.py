@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rlme.client.wire import ItemResult
-from rlme.client.wire_calibration import Calibration
+from rlme.client.wire.calibration import Calibration
 
 log = logging.getLogger(__name__)
 

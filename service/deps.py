@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from rlme.service.evaluators import EvaluatorPool
-from rlme.service.judging import JudgeService
+from rlme.service.judging.service import JudgeService
 from rlme.service.metrics import Metrics
 from rlme.service.scoring import RewardScorer
 from rlme.service.settings import Settings

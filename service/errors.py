@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlme.client.wire import ErrorBody, ErrorDetail
-from rlme.client.wire_base import SURROGATE_MESSAGE
+from rlme.client.wire.base import SURROGATE_MESSAGE
 
 log = logging.getLogger(__name__)
 

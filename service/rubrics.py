@@ -1,4 +1,5 @@
-"""Rubrics shipped with rlme: named sets of meta-questions and their weights.
+"""Rubrics: what one is (RubricConfig), and those shipped with rlme, named sets of
+meta-questions and their weights. Below the settings, which import both.
 
 The first four carry the meta-questions reported in the RLME paper (Rentschler &
 Roberts, 2026): correctness, logical derivation (against post-hoc rationalisation),
@@ -7,8 +8,18 @@ a length constraint for controllable trade-offs, and faithfulness to a given con
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from rlme.client.wire import MetaQuestion
-from rlme.service.settings import RubricConfig
+
+
+class RubricConfig(BaseModel):
+    """A named set of meta-questions (`rubrics:` in the settings; GET /v1/rubrics)."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str = ""
+    questions: list[MetaQuestion] = Field(min_length=1)
+
 
 CORRECT = MetaQuestion(id="correct", text="Is the answer correct?")
 LOGICAL = MetaQuestion(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 from rlme.client.wire import (
@@ -34,16 +33,14 @@ from rlme.service.errors import (
 )
 from rlme.service.evaluators import Evaluator, EvaluatorPool
 from rlme.service.metrics import Metrics
+from rlme.service.monitoring.monitor import RunMonitor
+from rlme.service.monitoring.scheduler import RunProbes
 from rlme.service.reward_math import log_p_yes, weighted_reward
-from rlme.service.run_monitor import RunMonitor
-from rlme.service.run_probes import anchor_pairs, canary_scores, choose_probes, unanchored_items
+from rlme.service.serving import INLINE_RENDER_LIMIT, ServingBase
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
 
 log = logging.getLogger(__name__)
-
-# Rendering many items blocks the event loop; above this many texts, use a thread.
-_INLINE_RENDER_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class Plan:
     evaluators: list[tuple[Evaluator, float]]
 
 
-class RewardScorer:
+class RewardScorer(ServingBase):
     def __init__(
         self,
         settings: Settings,
@@ -62,13 +59,12 @@ class RewardScorer:
         monitor: RunMonitor | None = None,
         calibrations: CalibrationStore | None = None,
     ) -> None:
-        self.settings = settings
-        self.pool = pool
-        self.metrics = metrics
-        self.tenants = tenants
+        super().__init__(settings, pool, metrics, tenants)
         self.monitor = monitor
         self.calibrations = calibrations or CalibrationStore(None)
-        self._probing: set[asyncio.Task[None]] = set()
+        self.probes: RunProbes | None = None  # a run's probes, scored in the background
+        if monitor is not None and monitor.config.enabled:
+            self.probes = RunProbes(monitor, metrics, pool, settings.default_evaluator_name)
 
     def store_statuses(self) -> dict[str, str]:
         """The optional state files: 'ok', or why one is not used (for /health/ready)."""
@@ -127,29 +123,12 @@ class RewardScorer:
     def _evaluators(self, choices: list[EvaluatorChoice] | None) -> list[tuple[Evaluator, float]]:
         if choices is None:
             choices = [EvaluatorChoice(name=self.settings.default_evaluator_name)]
-        chosen = []
-        for choice in choices:
-            evaluator = self.pool.get(choice.name)
-            if evaluator is None:
-                raise InvalidRequest(
-                    f"unknown evaluator {choice.name!r}; available: "
-                    f"{sorted(self.pool.evaluators)} (GET /v1/evaluators)"
-                )
-            if not evaluator.loaded:
-                raise evaluator.unavailable()
-            chosen.append((evaluator, choice.weight))
-        return chosen
+        return [(self.evaluator(choice.name), choice.weight) for choice in choices]
 
     def _check_item(self, index: int, item: Item, needs_reference: list[str]) -> None:
-        limit = self.settings.limits.max_text_chars
-        texts = {"response": item.response, "reference": item.reference or ""}
-        if isinstance(item.prompt, str):
-            texts["prompt"] = item.prompt
-        else:
-            texts["prompt"] = "".join(m.content for m in item.prompt)
-        for field, text in texts.items():
-            if len(text) > limit:
-                raise PayloadTooLarge(f"items.{index}.{field} has {len(text)} characters; at most {limit}")
+        prompt = item.prompt if isinstance(item.prompt, str) else "".join(m.content for m in item.prompt)
+        fields = {"response": item.response, "reference": item.reference, "prompt": prompt}
+        self.check_texts({f"items.{index}.{field}": text for field, text in fields.items()})
         if needs_reference and item.reference is None:
             raise InvalidRequest(
                 f"items.{index} has no `reference`, which questions {needs_reference} require"
@@ -177,111 +156,43 @@ class RewardScorer:
     async def score(self, request: RewardRequest, tenant: str = "anonymous") -> RewardResponse:
         plan = self.plan(request)
         evaluations = len(request.items) * len(plan.questions) * len(plan.evaluators)
-        await self.tenants.admit(tenant, evaluations)  # reserves them in the tenant's queue
-        queued = self.metrics.tenant_queued.labels(tenant)
-        queued.inc(evaluations)
-        try:
-            response = await self._score(request, plan, tenant)
-        finally:
-            self.tenants.dequeued(tenant, evaluations)
-            queued.dec(evaluations)
-        self.metrics.tenant_evaluations.labels(tenant).inc(evaluations)
-        return response
+        async with self.admitted(tenant, evaluations):
+            return await self._score(request, plan, tenant)
 
     def observe_run(
         self, request: RewardRequest, response: RewardResponse, tenant: str = "anonymous"
     ) -> str | None:
-        """Give a run's scored request to the run monitor and start its probes (anchors
-        without reference, canaries) in the background; the run's alarm (None: no run)."""
-        if self.monitor is None or request.run is None:
-            return None
-        try:
-            observed = self.monitor.observe(request, response.results, tenant)
-        except Exception:  # the rewards are scored and right: monitoring must not fail them
-            log.exception("run monitor failed on run %r; the request is answered without it", request.run)
-            return None
-        if observed is None:
-            return None
-        alarm, step = observed
-        if self._may_probe(request):
-            task = asyncio.create_task(self._probe(request, response, tenant, step), name="run-probes")
-            self._probing.add(task)
-            task.add_done_callback(self._probing.discard)
-        else:
-            self.metrics.run_probes.labels("skipped").inc()
-        return alarm
+        """Give a run's scored request to the run monitor (and its probes); the run's alarm."""
+        return None if self.probes is None else self.probes.observe(self, request, response, tenant)
 
-    def _may_probe(self, request: RewardRequest) -> bool:
-        """Probes are extra work: never so many at once, never into a filling queue."""
-        assert self.monitor is not None
-        config = self.monitor.config
-        if len(self._probing) >= config.max_probing_requests:
-            return False
-        for choice in request.evaluators or [EvaluatorChoice(name=self.settings.default_evaluator_name)]:
-            evaluator = self.pool.get(choice.name)
-            if evaluator is not None:
-                batcher = evaluator.batcher
-                if (
-                    batcher.queued_evaluations
-                    > config.probe_queue_share * batcher.config.max_queue_evaluations
-                ):
-                    return False
-        return True
+    def questions(self, request: RewardRequest) -> list[MetaQuestion]:
+        return self._questions(request)
 
-    async def _probe(self, request: RewardRequest, response: RewardResponse, tenant: str, step: int) -> None:
-        """Score a run's probes with the request's evaluators and questions, through the same
-        batchers (the tenant's fair share, not its quota), and give them to the monitor."""
-        assert self.monitor is not None and request.run is not None
-        try:
-            plan = self.plan(request)
-            probes = choose_probes(request, plan.questions, self.monitor.config)
-            anchors, canaries = [], []
-            if probes.anchors:
-                free = [q for q in plan.questions if not q.requires_reference]
-                items = unanchored_items(request, probes)
-                scored = await self._score(
-                    RewardRequest(items=items, questions=free), Plan(free, plan.evaluators), tenant
-                )
-                anchors = anchor_pairs(probes, response.results, scored.results, {q.id for q in free})
-            if probes.canaries:
-                items = [item for _, _, item in probes.canaries]
-                scored = await self._score(RewardRequest(items=items, questions=plan.questions), plan, tenant)
-                canaries = canary_scores(probes, response.results, scored.results)
-            self.monitor.observe_probes(request.run, step, anchors, canaries, tenant)
-            self.metrics.run_probes.labels("ok").inc(len(anchors) + len(canaries))
-        except asyncio.CancelledError:  # the service is stopping
-            self.metrics.run_probes.labels("failed").inc()
-            raise
-        except Exception as exc:  # overloaded, failed: the run's rewards stand
-            self.metrics.run_probes.labels("failed").inc()
-            log.warning("run %r: probes of step %d not scored: %s", request.run, step, exc)
-
-    async def drain_probes(self) -> None:
-        """Wait for the probes in flight (tests; shutdown cancels them instead)."""
-        while self._probing:
-            await asyncio.gather(*self._probing, return_exceptions=True)
-
-    def cancel_probes(self) -> None:
-        for task in self._probing:
-            task.cancel()
+    async def score_with(
+        self, request: RewardRequest, items: list[Item], questions: list[MetaQuestion], tenant: str
+    ) -> RewardResponse:
+        """`items` scored on `questions` by `request`'s evaluators, without admission (probes)."""
+        evaluators = self._evaluators(request.evaluators)
+        return await self._score(
+            RewardRequest(items=items, questions=questions), Plan(questions, evaluators), tenant
+        )
 
     async def _score(self, request: RewardRequest, plan: Plan, tenant: str) -> RewardResponse:
-        deadline = time.monotonic() + self.settings.limits.request_timeout_s
+        deadline = self.deadline()
         texts = len(request.items) * len(plan.questions)
         per_evaluator: list[list[ScoringTask]] = []
         for evaluator, _ in plan.evaluators:
-            if texts > _INLINE_RENDER_LIMIT:
+            if texts > INLINE_RENDER_LIMIT:
                 tasks = await asyncio.to_thread(self.tasks_for, evaluator, request.items, plan.questions)
             else:
                 tasks = self.tasks_for(evaluator, request.items, plan.questions)
             per_evaluator.append(tasks)
-        weight = self.tenants.weight(tenant)
-        submissions = [
-            evaluator.batcher.submit(task, deadline, tenant, weight)
+        work = [
+            (evaluator, task)
             for (evaluator, _), tasks in zip(plan.evaluators, per_evaluator, strict=True)
             for task in tasks
         ]
-        outcomes = await asyncio.gather(*submissions, return_exceptions=True)
+        outcomes = await self.submit_all(work, deadline, tenant)
         for outcome in outcomes:
             if isinstance(outcome, ServiceError):
                 raise outcome

@@ -20,7 +20,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from rlme.client.wire import JudgeTemplate, MetaQuestion
+from rlme.client.wire import JudgeTemplate
+from rlme.service.judging.templates import BUILTIN_JUDGES, check_placeholders
+from rlme.service.rubrics import BUILTIN_RUBRICS, RubricConfig
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful evaluator. You read a prompt and a response to it, then answer "
@@ -130,11 +132,6 @@ class EvaluatorConfig(_Strict):
         return self
 
 
-class RubricConfig(_Strict):
-    description: str = ""
-    questions: list[MetaQuestion] = Field(min_length=1)
-
-
 class LimitsConfig(_Strict):
     max_items: int = Field(1024, ge=1)
     max_questions: int = Field(32, ge=1)
@@ -165,11 +162,13 @@ class TenantConfig(_Strict):
     max_queued_evaluations: int | None = Field(None, ge=1, description="Queued at once; None = unlimited.")
 
 
-CanaryKind = Literal["empty", "echo", "first_sentence", "shuffled", "affirmed"]  # service/canaries.py
+CanaryKind = Literal[
+    "empty", "echo", "first_sentence", "shuffled", "affirmed"
+]  # service/monitoring/canaries.py
 
 
 class MonitoringConfig(_Strict):
-    """The run monitor (service/run_monitor.py, docs/monitoring.md)."""
+    """The run monitor (service/monitoring/monitor.py, docs/monitoring.md)."""
 
     enabled: bool = Field(True, description="Keep per-step statistics of requests that carry a `run`.")
     db_path: Path | None = Field(
@@ -331,19 +330,13 @@ class Settings(BaseSettings):
         return self.default_evaluator or self.evaluators[0].name
 
     def all_rubrics(self) -> dict[str, RubricConfig]:
-        from rlme.service.rubrics import BUILTIN_RUBRICS
-
         return {**(BUILTIN_RUBRICS if self.builtin_rubrics else {}), **self.rubrics}
 
     def all_judges(self) -> dict[str, JudgeTemplate]:
-        from rlme.service.judges import BUILTIN_JUDGES
-
         return {**(BUILTIN_JUDGES if self.builtin_judges else {}), **self.judges}
 
     @model_validator(mode="after")
     def _judges_fit(self) -> Settings:
-        from rlme.service.judges import check_placeholders
-
         for name, template in self.judges.items():
             try:
                 check_placeholders(template)

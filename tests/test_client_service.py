@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from rlme.client import AsyncRewardClient, BadRequestError
+from rlme.client import AsyncRewardClient, BadRequestError, NotFoundError
 from rlme.client.adapters.slime import reward_func
 from rlme.client.adapters.trl import async_reward_func
 
@@ -60,3 +60,15 @@ async def test_adapters_against_the_service(rlme: AsyncRewardClient) -> None:
         prompt, response, label = "What is 2+2?", "4", 4
 
     assert await reward_func(None, Sample(), client=rlme, rubric="correctness") < 0
+
+
+async def test_reload_evaluator_is_typed_and_refuses_what_the_service_refuses(
+    rlme: AsyncRewardClient, app: FastAPI
+) -> None:
+    evaluator = app.state.pool.evaluators["default"]
+    before = evaluator.generation
+    with pytest.raises(BadRequestError, match="keeps serving"):
+        await rlme.reload_evaluator("default", "/no/such/model")
+    assert evaluator.generation == before
+    with pytest.raises(NotFoundError, match="no evaluator 'nobody'"):
+        await rlme.reload_evaluator("nobody")

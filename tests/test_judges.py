@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from rlme.client.wire import JudgeTemplate
-from rlme.service import battles as bt
-from rlme.service.judges import BUILTIN_JUDGES, check_placeholders, fill, split_verdict
+from rlme.service.judging import battles as bt
+from rlme.service.judging.templates import BUILTIN_JUDGES, check_placeholders, fill, split_verdict
 
 LABELS = ["1", "2", "3", "4", "5"]
 

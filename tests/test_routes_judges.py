@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlme.service.judges import ADDITIVE_5, PAIRWISE, fill, split_verdict
+from rlme.service.judging.templates import ADDITIVE_5, PAIRWISE, fill, split_verdict
 from rlme.service.prompting import render_turn
 
 pytestmark = pytest.mark.model

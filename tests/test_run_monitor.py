@@ -11,10 +11,11 @@ import httpx
 import pytest
 
 from rlme.client.wire import ChatMessage, Item, MetaQuestion, RewardRequest
-from rlme.client.wire_runs import AnchorStep, CanaryStep, QuestionStep, RunStep, Signal
+from rlme.client.wire.runs import AnchorStep, CanaryStep, QuestionStep, RunStep, Signal
 from rlme.service.app import create_app
-from rlme.service.canaries import AFFIRMATION, KINDS, first_sentence, rewrite
-from rlme.service.hacking_signals import (
+from rlme.service.monitoring.canaries import AFFIRMATION, KINDS, first_sentence, rewrite
+from rlme.service.monitoring.probes import choose_probes
+from rlme.service.monitoring.signals import (
     Thresholds,
     anchor_divergence,
     canaries,
@@ -25,8 +26,7 @@ from rlme.service.hacking_signals import (
     run_alarm,
     signals,
 )
-from rlme.service.run_probes import choose_probes
-from rlme.service.run_stats import QuestionStats, StepStats, auc, repetition
+from rlme.service.monitoring.stats import QuestionStats, StepStats, auc, repetition
 from rlme.service.settings import CanaryKind, MonitoringConfig
 
 from support import service_settings
@@ -280,7 +280,7 @@ async def test_a_run_is_monitored_over_http_and_survives_a_restart(tmp_path: Pat
             )
         # Anchors and canaries are scored after the answer; wait for them (like any concurrent
         # work, they could share a batch and change the last float digits of a score).
-        await app.state.scorer.drain_probes()
+        await app.state.scorer.probes.drain()
         # A run's request scores exactly like an untagged one: the tag only adds the header.
         tagged_plain = await client.post("/v1/rewards", json={**plain_body, "run": "exp-2", "step": 0})
         assert tagged_plain.content == plain.content

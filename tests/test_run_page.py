@@ -13,9 +13,9 @@ import pytest
 
 from rlme.client.wire import Item, ItemResult, QuestionScore, RewardRequest
 from rlme.service.metrics import Metrics
-from rlme.service.run_monitor import RunMonitor
-from rlme.service.run_page import BLUE, LEVEL_COLOURS, RED, render
-from rlme.service.run_probes import CanaryScore
+from rlme.service.monitoring.monitor import RunMonitor
+from rlme.service.monitoring.page import BLUE, LEVEL_COLOURS, RED, render
+from rlme.service.monitoring.probes import CanaryScore
 from rlme.service.settings import MonitoringConfig
 
 from support import start_server

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rlme.client.testing import FakeRewardService
+from rlme.trainer.common import load_rows, step_rows
 from rlme.trainer.grpo import (
     TrainConfig,
     cispo_loss,
@@ -17,9 +18,7 @@ from rlme.trainer.grpo import (
     group_advantages,
     kl_k3,
     load_config,
-    load_rows,
     resolve_rule,
-    step_rows,
 )
 
 # ---------------------------------------------------------------- advantages

@@ -40,7 +40,7 @@ trained on is its rationale plus "Score: k" with k its most probable label, and 
 variance that picks the judged response is of those k; a judge pair whose two judgments
 state the same score is dropped (ours: DPO between two equal verdicts teaches only
 wording); the meta-judge's prompt also says not to prefer a judgment for its length or a
-higher score (service/judges.py META); the independent win-rate measure by a frozen
+higher score (service/judging/templates.py META); the independent win-rate measure by a frozen
 evaluator is ours. From secondary notes, not the paper's text: ρ's schedule, lr 5e-6,
 the ~1,100-character judgment limit.
 """
@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 import torch
 
-from rlme.trainer.grpo import (
+from rlme.trainer.common import (
     config_from,
     load_rows,
     micro_batches,
@@ -477,7 +477,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlme.client import RewardClient
-    from rlme.service.judges import fill
+    from rlme.service.judging.templates import fill
     from rlme.service.model_store import resolve_model
     from rlme.service.settings import Settings
 
@@ -518,7 +518,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
         baseline_path.write_text(json.dumps(greedy(first, tokenizer, held_out, cfg.max_new_tokens)))
         del first
     if cfg.resume and cfg.live_self:  # the service may have restarted on older weights
-        push_live_self(model, tokenizer, cfg)  # type: ignore[arg-type]
+        push_live_self(model, tokenizer, cfg, client)
     baseline = json.loads(baseline_path.read_text())
     writer = SummaryWriter(str(out / "tb"), purge_step=start)
     bar = tqdm(
@@ -533,7 +533,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
             ]
             t0 = time.perf_counter()
             # 1. actor. GRPO's helpers read only fields both configs have (group_size, temperature, ...).
-            rollout = sample_groups(model, tokenizer, batch, cfg)  # type: ignore[arg-type]
+            rollout = sample_groups(model, tokenizer, batch, cfg)
             prompts = [p for p in batch for _ in range(cfg.group_size)]
             t1 = time.perf_counter()
             eos = model.generation_config.eos_token_id
@@ -553,7 +553,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
                 del reference
             t3 = time.perf_counter()
             if cfg.live_self:
-                push_live_self(model, tokenizer, cfg)  # type: ignore[arg-type]
+                push_live_self(model, tokenizer, cfg, client)
             answers = greedy(model, tokenizer, held_out, cfg.max_new_tokens)
             if held_out:
                 metrics["eval/win_rate_vs_initial"] = win_rate(client, cfg, held_out, answers, baseline)
@@ -575,7 +575,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
             bar.set_postfix(
                 pairs=len(pairs), win=f"{metrics.get('eval/win_rate_vs_initial', float('nan')):.2f}"
             )
-            save_checkpoint(model, tokenizer, optimizer, it, cfg)  # type: ignore[arg-type]
+            save_checkpoint(model, tokenizer, optimizer, it, cfg)
     finally:
         bar.close()
         writer.close()

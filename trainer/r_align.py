@@ -85,7 +85,7 @@ def write_rows(rows: list[AuditRow], path: Path) -> None:
 
 def judge_prompt(row: AuditRow) -> tuple[str, str]:
     """(system, user) messages of the service's pairwise judge for this row, A first."""
-    from rlme.service.judges import PAIRWISE, fill
+    from rlme.service.judging.templates import PAIRWISE, fill
 
     values = {"prompt": row.prompt, "response_a": row.response_a, "response_b": row.response_b}
     return PAIRWISE.system_prompt or "", fill(PAIRWISE, values)
@@ -113,7 +113,7 @@ def gold_judgment(row: AuditRow) -> str:
 
 def alignment_item(row: AuditRow, judgment: str) -> dict[str, str]:
     """What the aligner reads: the audit's item for an A-first judgment (trainer/audit.py)."""
-    from rlme.service.judges import PAIRWISE, split_verdict
+    from rlme.service.judging.templates import PAIRWISE, split_verdict
 
     rationale, verdict, _ = split_verdict(judgment, PAIRWISE.cue, PAIRWISE.labels)
     return audit_alignment_item(asdict(row), rationale, verdict or "", "ab")
@@ -163,13 +163,13 @@ def rewards(
 
 def rationale_of(judgment: str) -> str:
     """The text before the judgment's last verdict cue, stripped."""
-    from rlme.service.judges import PAIRWISE, split_verdict
+    from rlme.service.judging.templates import PAIRWISE, split_verdict
 
     return split_verdict(judgment, PAIRWISE.cue, PAIRWISE.labels)[0].strip()
 
 
 def _parsed(text: str) -> bool:
-    from rlme.service.judges import PAIRWISE, split_verdict
+    from rlme.service.judging.templates import PAIRWISE, split_verdict
 
     return split_verdict(text, PAIRWISE.cue, PAIRWISE.labels)[1] is not None
 

@@ -70,7 +70,7 @@ def numbered_list_rule(response: str, reference: str | None = None) -> float:
 def judge_verdict_rule(response: str, reference: str | None) -> float:
     """A pairwise judgment's written verdict ("Verdict: A" or "Verdict: B", the last one
     written, as the service parses it) equals the reference label."""
-    from rlme.service.judges import PAIRWISE, split_verdict
+    from rlme.service.judging.templates import PAIRWISE, split_verdict
 
     if reference not in PAIRWISE.labels:
         raise ValueError(

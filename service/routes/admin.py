@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
-from rlme.client.wire import ErrorBody
-from rlme.client.wire_base import _Wire
+from rlme.client.wire import ErrorBody, ReloadRequest, ReloadResponse
 from rlme.service.auth import AdminDep
 from rlme.service.deps import PoolDep
 from rlme.service.errors import InvalidRequest, NotFound
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-
-
-class ReloadRequest(_Wire):
-    model: str | None = Field(
-        None,
-        min_length=1,
-        max_length=4096,
-        description="New weights: a model folder or .gguf visible to the service; "
-        "default: reload the configured path (e.g. after overwriting it in place).",
-    )
-
-
-class ReloadResponse(BaseModel):
-    evaluator: str
-    model: str
-    generation: int = Field(description="Counts reloads since start.")
 
 
 @router.post(

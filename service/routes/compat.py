@@ -17,15 +17,14 @@ from fastapi import APIRouter, Query
 from pydantic import ValidationError
 
 from rlme.client.wire import (
-    ChatMessage,
     ErrorBody,
     Item,
     OpenRLHFRewardRequest,
     OpenRLHFRewardResponse,
     RewardRequest,
     RewardResponse,
+    SlimeRewardRequest,
 )
-from rlme.client.wire_base import _Wire
 from rlme.service.auth import Principal, PrincipalDep
 from rlme.service.deps import ScorerDep, SettingsDep
 from rlme.service.errors import InvalidRequest
@@ -80,14 +79,6 @@ async def openrlhf_get_reward(
             extra_logs.setdefault(f"p_yes/{s.evaluator}/{s.question}", []).append(s.p_yes)
     scores = [sum(s.p_yes for s in r.scores) / len(r.scores) for r in scored.results]
     return OpenRLHFRewardResponse(rewards=scored.rewards, scores=scores, extra_logs=extra_logs)
-
-
-class SlimeRewardRequest(_Wire):
-    # slime sends a chat list when it does not apply the chat template itself, and the
-    # dataset's label as it is (a number is common for math data).
-    prompt: str | list[ChatMessage]
-    response: str
-    label: str | int | float | None = None
 
 
 @router.post("/slime/reward", responses=_ERRORS)

@@ -17,7 +17,7 @@ from rlme.client.wire import (
 )
 from rlme.service.auth import PrincipalDep
 from rlme.service.deps import JudgeDep, SettingsDep
-from rlme.service.judges import template_sha256
+from rlme.service.judging.templates import template_sha256
 from rlme.service.routes.rewards import ERRORS
 
 router = APIRouter(tags=["judges"])

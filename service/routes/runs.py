@@ -8,10 +8,10 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse
 
 from rlme.client.wire import ErrorBody, RunReport
-from rlme.client.wire_runs import RUN_ID_PATTERN
+from rlme.client.wire.runs import RUN_ID_PATTERN
 from rlme.service.auth import PrincipalDep
 from rlme.service.errors import Forbidden, NotFound
-from rlme.service.run_page import CSP, render
+from rlme.service.monitoring.page import CSP, render
 
 router = APIRouter(tags=["runs"])
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from rlme.client.wire_base import (
+from rlme.client.wire.base import (
     MAX_INT64,
     MAX_LABEL_CHARS,
     MAX_NAME_CHARS,

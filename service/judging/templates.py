@@ -12,7 +12,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from rlme.client.wire_judges import OPTIONAL_PLACEHOLDERS, PLACEHOLDERS, JudgeTemplate
+from rlme.client.wire.judges import OPTIONAL_PLACEHOLDERS, PLACEHOLDERS, JudgeTemplate
 from rlme.service.prompting import Tokenizer, encode, escape_sections
 
 _JUDGE_SYSTEM = (

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
 
-from rlme.client.wire_runs import Alarm, RunStep, Signal
+from rlme.client.wire.runs import Alarm, RunStep, Signal
 
 LEVELS: tuple[Alarm, ...] = ("ok", "watch", "alarm")
 

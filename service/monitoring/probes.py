@@ -1,5 +1,5 @@
 """Probes of a monitored run: anchored items scored again without their reference, and
-canaries (degenerate rewrites of real responses, service/canaries.py).
+canaries (degenerate rewrites of real responses, service/monitoring/canaries.py).
 
 `choose_probes` picks them from a scored reward request (pure, seeded by the run, step
 and request, so a rerun picks the same); the scorer scores them in the background with the
@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 
 from rlme.client.wire import Item, ItemResult, MetaQuestion, RewardRequest
-from rlme.service.canaries import prompt_text, rewrite
+from rlme.service.monitoring.canaries import prompt_text, rewrite
 from rlme.service.settings import MonitoringConfig
 
 

@@ -28,12 +28,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 from rlme.client.wire import Item, ItemResult, RewardRequest
-from rlme.client.wire_runs import Alarm, RunReport
-from rlme.service.canaries import prompt_text
-from rlme.service.hacking_signals import LEVELS, Thresholds, run_alarm, signals
+from rlme.client.wire.runs import Alarm, RunReport
 from rlme.service.metrics import Metrics
-from rlme.service.run_probes import AnchorPair, CanaryScore, mean_p_yes
-from rlme.service.run_stats import StepStats
+from rlme.service.monitoring.canaries import prompt_text
+from rlme.service.monitoring.probes import AnchorPair, CanaryScore, mean_p_yes
+from rlme.service.monitoring.signals import LEVELS, Thresholds, run_alarm, signals
+from rlme.service.monitoring.stats import StepStats
 from rlme.service.settings import MonitoringConfig
 
 log = logging.getLogger(__name__)

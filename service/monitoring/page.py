@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from html import escape
 
-from rlme.client.wire_runs import RunReport, RunStep, Sample
-from rlme.service.hacking_signals import LEVELS, canary_p_yes, mean_p_yes
+from rlme.client.wire.runs import RunReport, RunStep, Sample
+from rlme.service.monitoring.signals import LEVELS, canary_p_yes, mean_p_yes
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 LEVEL_COLOURS = {"ok": "#2e7d32", "watch": "#ef6c00", "alarm": "#c62828"}

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rlme.client.wire_judges import (
+from rlme.client.wire.judges import (
     Battle,
     ComparisonRequest,
     ComparisonResponse,
@@ -36,7 +36,6 @@ from rlme.client.wire_judges import (
     Provenance,
     SamplingFields,
 )
-from rlme.service import battles as bt
 from rlme.service.backends.base import (
     Generation,
     GenerationResult,
@@ -45,10 +44,13 @@ from rlme.service.backends.base import (
     SamplingSettings,
     ScoringTask,
     TaskResult,
+    Work,
 )
+from rlme.service.batcher import Outcome
 from rlme.service.errors import DeadlineExceeded, InvalidRequest, PayloadTooLarge, ServiceError
-from rlme.service.evaluators import Evaluator, EvaluatorPool
-from rlme.service.judges import (
+from rlme.service.evaluators import Evaluator
+from rlme.service.judging import battles as bt
+from rlme.service.judging.templates import (
     ADDITIVE_5,
     DEFAULT_JUDGE,
     VerdictReading,
@@ -58,10 +60,8 @@ from rlme.service.judges import (
     template_sha256,
     verdict_reading,
 )
-from rlme.service.metrics import Metrics
 from rlme.service.prompting import encode_text, tokenize_turn
-from rlme.service.settings import Settings
-from rlme.service.tenancy import Tenants
+from rlme.service.serving import ServingBase
 
 _INLINE_RENDER_LIMIT = 16  # judge prompts tokenised on the event loop; more go to a thread
 
@@ -104,13 +104,7 @@ class Resolved:
         )
 
 
-class JudgeService:
-    def __init__(self, settings: Settings, pool: EvaluatorPool, metrics: Metrics, tenants: Tenants) -> None:
-        self.settings = settings
-        self.pool = pool
-        self.metrics = metrics
-        self.tenants = tenants
-
+class JudgeService(ServingBase):
     # --- resolving a request -------------------------------------------------------------
 
     def resolve(self, request: SamplingFields, kind: str) -> Resolved:
@@ -140,7 +134,7 @@ class JudgeService:
             raise InvalidRequest(f"max_tokens={request.max_tokens}; at most {limits.max_judge_tokens}")
         # The template's own default is capped by the server's limit rather than refused.
         max_tokens = request.max_tokens or min(template.max_tokens, limits.max_judge_tokens)
-        evaluator = self._evaluator(request.evaluator)
+        evaluator = self.evaluator(request.evaluator)
         try:
             reading = verdict_reading(evaluator.backend.tokenizer, template.labels)
         except ValueError as exc:
@@ -153,21 +147,6 @@ class JudgeService:
             seed=request.seed,
         )
         return Resolved(name, template, evaluator, reading, sampling, request.samples)
-
-    def _evaluator(self, name: str | None) -> Evaluator:
-        name = name or self.settings.default_evaluator_name
-        evaluator = self.pool.get(name)
-        if evaluator is None:
-            raise InvalidRequest(f"unknown evaluator {name!r}; available: {sorted(self.pool.evaluators)}")
-        if not evaluator.loaded:
-            raise evaluator.unavailable()
-        return evaluator
-
-    def _check_texts(self, texts: dict[str, str | None]) -> None:
-        limit = self.settings.limits.max_text_chars
-        for field, text in texts.items():
-            if text is not None and len(text) > limit:
-                raise PayloadTooLarge(f"{field} has {len(text)} characters; at most {limit}")
 
     # --- asking the judge ----------------------------------------------------------------
 
@@ -199,11 +178,8 @@ class JudgeService:
                     f"evaluator {evaluator.name!r} holds {evaluator.backend.max_model_len}: shorten the texts"
                 )
         evaluations = 2 * judge.samples * len(prompts)  # a generation and a verdict read per sample
-        await self.tenants.admit(tenant, evaluations)  # reserves them in the tenant's queue
-        try:
+        async with self.admitted(tenant, evaluations):
             asked = await self._generate_and_read(judge, prompts, tenant)
-        finally:
-            self.tenants.dequeued(tenant, evaluations)
         usage = JudgeUsage(
             generations=sum(len(a.readings) for a in asked),
             prompt_tokens=sum(len(p) for p in prompts),
@@ -211,7 +187,6 @@ class JudgeService:
             verdict_reads=sum(len(a.readings) for a in asked),
         )
         self.metrics.generated_tokens.labels(evaluator.name).inc(usage.generated_tokens)
-        self.metrics.tenant_evaluations.labels(tenant).inc(evaluations)
         if usage.generations:
             self.metrics.judgments.labels(evaluator.name, route).inc(usage.generations)
             per_judgment = (time.perf_counter() - started) / usage.generations
@@ -220,14 +195,12 @@ class JudgeService:
 
     async def _generate_and_read(self, judge: Resolved, prompts: list[list[int]], tenant: str) -> list[Asked]:
         evaluator, template = judge.evaluator, judge.template
-        batcher, tokenizer = evaluator.batcher, evaluator.backend.tokenizer
-        deadline = time.monotonic() + self.settings.limits.request_timeout_s
-        weight = self.tenants.weight(tenant)
-        generated = await _gather(
-            batcher.submit(
-                GenerationTask(tuple(p), judge.samples, judge.sampling, deadline), deadline, tenant, weight
-            )
-            for p in prompts
+        tokenizer = evaluator.backend.tokenizer
+        deadline = self.deadline()
+        generated = await self._gather(
+            ((evaluator, GenerationTask(tuple(p), judge.samples, judge.sampling, deadline)) for p in prompts),
+            deadline,
+            tenant,
         )
         reads: list[ScoringTask | None] = []
         texts: list[list[tuple[Generation, str, str | None, str | None]]] = []
@@ -247,9 +220,7 @@ class JudgeService:
                 split.append((sample, rationale, parsed, error))
             reads.append(ScoringTask.sharing(sequences, judge.reading.label_ids))
             texts.append(split)
-        read = await _gather(
-            batcher.submit(task, deadline, tenant, weight) for task in reads if task is not None
-        )
+        read = await self._gather(((evaluator, task) for task in reads if task is not None), deadline, tenant)
         results = iter(read)
         asked = []
         for task, outcome, split in zip(reads, generated, texts, strict=True):
@@ -266,6 +237,17 @@ class JudgeService:
             ]
             asked.append(Asked(readings))
         return asked
+
+    async def _gather(
+        self, work: Iterable[tuple[Evaluator, Work]], deadline: float, tenant: str
+    ) -> list[Outcome | BaseException]:
+        """Every submission's outcome; admission errors (429, 503) fail the whole request,
+        other failures only their own item (its status says which)."""
+        outcomes = await self.submit_all(work, deadline, tenant)
+        for outcome in outcomes:
+            if isinstance(outcome, ServiceError) and outcome.status_code in (429, 503):
+                raise outcome
+        return outcomes
 
     def judgment(self, judge: Resolved, reading: Reading) -> Judgment:
         template = judge.template
@@ -297,7 +279,7 @@ class JudgeService:
     async def judgments(self, request: JudgmentRequest, tenant: str) -> JudgmentResponse:
         judge = self.resolve(request, "pointwise")
         for i, item in enumerate(request.items):
-            self._check_texts({f"items.{i}.{k}": v for k, v in item.model_dump(exclude={"id"}).items()})
+            self.check_texts({f"items.{i}.{k}": v for k, v in item.model_dump(exclude={"id"}).items()})
         messages = [
             fill(judge.template, {"prompt": it.prompt, "response": it.response, "reference": it.reference})
             for it in request.items
@@ -331,7 +313,7 @@ class JudgeService:
         judge = self.resolve(request, "pairwise")
         messages = []
         for i, pair in enumerate(request.pairs):
-            self._check_texts({f"pairs.{i}.{k}": v for k, v in pair.model_dump(exclude={"id"}).items()})
+            self.check_texts({f"pairs.{i}.{k}": v for k, v in pair.model_dump(exclude={"id"}).items()})
             a, b = pair.response_a, pair.response_b
             messages.append(fill(judge.template, {"prompt": pair.prompt, "response_a": a, "response_b": b}))
             messages.append(fill(judge.template, {"prompt": pair.prompt, "response_a": b, "response_b": a}))
@@ -378,7 +360,7 @@ class JudgeService:
         if request.judgment_scores is not None and len(request.judgment_scores) != n:
             raise InvalidRequest(f"{len(request.judgment_scores)} judgment_scores for {n} judgments")
         texts: dict[str, str | None] = {"prompt": request.prompt, "response": request.response}
-        self._check_texts({**texts, **{f"judgments.{i}": j for i, j in enumerate(request.judgments)}})
+        self.check_texts({**texts, **{f"judgments.{i}": j for i, j in enumerate(request.judgments)}})
         order = [(m, k) for m in range(n) for k in range(n) if m != k]
         messages = [
             fill(
@@ -419,15 +401,6 @@ class JudgeService:
             score_bias=bt.score_bias(outcome, scores_given) if complete else None,
             provenance=judge.provenance(), usage=usage,
         )  # fmt: skip
-
-
-async def _gather(work: Sequence[object] | object) -> list[object]:
-    """Every submission's outcome; admission errors (429, 503) fail the whole request."""
-    outcomes = await asyncio.gather(*work, return_exceptions=True)  # type: ignore[misc]
-    for outcome in outcomes:
-        if isinstance(outcome, ServiceError) and outcome.status_code in (429, 503):
-            raise outcome
-    return list(outcomes)
 
 
 def _mean_prob(judgments: list[Judgment], label: str) -> float | None:

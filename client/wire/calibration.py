@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
 
-from rlme.client.wire import EvaluatorChoice, Item, MetaQuestion, _no_duplicates
-from rlme.client.wire_base import MAX_NAME_CHARS, _Wire
+from rlme.client.wire.base import MAX_NAME_CHARS, _Wire
+from rlme.client.wire.rewards import EvaluatorChoice, Item, MetaQuestion, _no_duplicates
 
 
 class LabelledItem(Item):

@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlme.client.wire_runs import AnchorStep, CanaryStep, QuestionStep, RunStep, Sample
+from rlme.client.wire.runs import AnchorStep, CanaryStep, QuestionStep, RunStep, Sample
 
 BINS = 20
 MAX_RULE_PAIRS = 512

@@ -1,12 +1,6 @@
-"""Wire models of the HTTP contract (v1), shared by the service and the client.
-
-Only pydantic is imported here, so `rlme.client` stays light (no torch). The service
-validates requests with these models and answers with them; the client builds
-requests and parses answers with the same classes, so the two cannot drift apart.
-
-Limits that depend on the server's configuration (how many items, how long a text)
-are checked by the service, not here.
-"""
+"""The reward contract: POST /v1/rewards (items, meta-questions, evaluators; rewards and
+per-question scores). Limits that depend on the server's configuration (how many items,
+how long a text) are checked by the service, not here."""
 
 from __future__ import annotations
 
@@ -14,14 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from rlme.client.wire_base import (
-    MAX_INT64,
-    MAX_NAME_CHARS,
-    MAX_QUESTION_CHARS,
-    MAX_WEIGHT,
-    _Wire,
-)
-from rlme.client.wire_runs import RUN_ID_PATTERN, Alarm, QuestionStep, RunReport, RunStep, Signal
+from rlme.client.wire.base import MAX_INT64, MAX_NAME_CHARS, MAX_QUESTION_CHARS, MAX_WEIGHT, _Wire
+from rlme.client.wire.runs import RUN_ID_PATTERN
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -181,146 +169,3 @@ class RewardResponse(BaseModel):
     rewards: list[float]
     results: list[ItemResult]
     usage: Usage
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="Machine-readable, e.g. 'invalid_request', 'overloaded'.")
-    message: str = Field(description="What went wrong and what to do about it.")
-    retryable: bool = Field(description="Whether sending the same request again can help.")
-    request_id: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
-class EvaluatorInfo(BaseModel):
-    name: str
-    backend: str
-    model: str
-    loaded: bool
-    yes_tokens: list[str]
-    no_tokens: list[str]
-    label_mass_at_load: float | None = Field(
-        default=None,
-        description="P(yes labels) + P(no labels) on a sample evaluation when the weights were "
-        "loaded; far below 1 means the model answers with something else (see min_label_mass).",
-    )
-
-
-class EvaluatorList(BaseModel):
-    default: str
-    evaluators: list[EvaluatorInfo]
-
-
-class RubricInfo(BaseModel):
-    name: str
-    description: str
-    questions: list[MetaQuestion]
-
-
-class RubricList(BaseModel):
-    rubrics: list[RubricInfo]
-
-
-class Health(BaseModel):
-    status: Literal["ok", "loading", "error"]
-    evaluators: dict[str, str] = Field(description="Evaluator name -> 'ok', 'loading' or an error.")
-    stores: dict[str, str] = Field(
-        default_factory=dict,
-        description="Optional state files (runs, calibrations) -> 'ok' or why they are not used. A "
-        "broken store degrades monitoring or calibration; rewards are still served.",
-    )
-
-
-# OpenRLHF's remote reward model contract (`--reward.remote_url`): query = prompt + response.
-class OpenRLHFRewardRequest(_Wire):
-    query: list[str] = Field(min_length=1)
-    prompts: list[str] | None = None
-    labels: list[str | None] | None = None
-    metas: list[object] | None = Field(
-        default=None, description="Sent by OpenRLHF 0.11+ (per-sample metadata); accepted, not read."
-    )
-
-
-class OpenRLHFRewardResponse(BaseModel):
-    rewards: list[float]
-    scores: list[float]
-    extra_logs: dict[str, list[float]]
-
-
-# The generative-judge contract lives beside this one; one import serves both.
-from rlme.client.wire_calibration import (  # noqa: E402
-    Calibration,
-    CalibrationList,
-    CalibrationRequest,
-    LabelledItem,
-)
-from rlme.client.wire_judges import (  # noqa: E402
-    Battle,
-    ComparisonRequest,
-    ComparisonResponse,
-    ComparisonResult,
-    JudgedItem,
-    JudgedItemInput,
-    JudgeInfo,
-    JudgeList,
-    JudgeTemplate,
-    JudgeUsage,
-    Judgment,
-    JudgmentRequest,
-    JudgmentResponse,
-    MetaJudgmentRequest,
-    MetaJudgmentResponse,
-    OrderVerdict,
-    Pair,
-    Provenance,
-)
-
-__all__ = [
-    "Battle",
-    "Calibration",
-    "CalibrationList",
-    "CalibrationRequest",
-    "LabelledItem",
-    "ChatMessage",
-    "ComparisonRequest",
-    "ComparisonResponse",
-    "ComparisonResult",
-    "ErrorBody",
-    "ErrorDetail",
-    "EvaluatorChoice",
-    "EvaluatorInfo",
-    "EvaluatorList",
-    "Health",
-    "Item",
-    "ItemResult",
-    "JudgeInfo",
-    "JudgeList",
-    "JudgeTemplate",
-    "JudgeUsage",
-    "JudgedItem",
-    "JudgedItemInput",
-    "Judgment",
-    "JudgmentRequest",
-    "JudgmentResponse",
-    "MetaJudgmentRequest",
-    "MetaJudgmentResponse",
-    "MetaQuestion",
-    "OpenRLHFRewardRequest",
-    "OpenRLHFRewardResponse",
-    "OrderVerdict",
-    "Pair",
-    "Provenance",
-    "QuestionScore",
-    "RewardRequest",
-    "RewardResponse",
-    "Alarm",
-    "QuestionStep",
-    "RunReport",
-    "RunStep",
-    "Signal",
-    "RubricInfo",
-    "RubricList",
-    "Usage",
-]
