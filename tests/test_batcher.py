@@ -217,3 +217,25 @@ async def test_reload_swaps_engines_and_closes_the_old_one(monkeypatch: pytest.M
     assert old.closed and not new.closed
     assert (await in_flight).scores[0].logp_yes == -1.0
     await evaluator.batcher.stop()
+
+
+async def test_a_late_generation_is_cancelled_in_the_engine() -> None:
+    """vLLM and remote backends wrap each generation in until_deadline: past its deadline the
+    engine's request is cancelled (vLLM aborts it), not left writing for no one."""
+    from rlme.service.backends.base import GenerationResult, GenerationTask, SamplingSettings, until_deadline
+
+    cancelled = asyncio.Event()
+
+    async def endless() -> GenerationResult:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("not reached")
+
+    task = GenerationTask((1, 2), 1, SamplingSettings(max_tokens=8), deadline=time.monotonic() + 0.1)
+    started = time.monotonic()
+    result = await until_deadline(task, endless())
+    assert result.samples == () and cancelled.is_set()
+    assert time.monotonic() - started < 1.5  # the deadline plus the grace of 0.5 s

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -263,6 +264,24 @@ def logsumexp(values: Sequence[float]) -> float:
     if top == -math.inf:
         return top
     return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+# A late generation is cancelled this long after its caller's deadline, so the batcher has
+# always answered that caller 504 first and the empty result reaches no one.
+_LATE_GRACE_S = 0.5
+
+
+async def until_deadline(task: GenerationTask, work: Awaitable[GenerationResult]) -> GenerationResult:
+    """`work`, cancelled once nobody waits for it (the task's deadline has passed): cancelling
+    aborts the request in the engine (vLLM aborts a cancelled generate; a remote server, one
+    whose connection closed), so a late judge does not keep writing for no one."""
+    if task.deadline is None:
+        return await work
+    left = task.deadline + _LATE_GRACE_S - time.monotonic()
+    try:
+        return await asyncio.wait_for(work, timeout=max(0.0, left))
+    except TimeoutError:
+        return GenerationResult(samples=())
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

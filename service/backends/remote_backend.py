@@ -51,6 +51,7 @@ from rlme.service.backends.base import (
     cut_at_stop,
     flat_label_ids,
     logsumexp,
+    until_deadline,
 )
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import SAMPLE_ITEM, SAMPLE_QUESTION, encode, label_tokens, render
@@ -272,7 +273,11 @@ class RemoteBackend(EventLoopState):
         return await self._in_groups(tasks, self._score_group)
 
     async def generate_async(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
-        return list(await asyncio.gather(*(self._on_a_replica(task, self._generate) for task in tasks)))
+        return list(
+            await asyncio.gather(
+                *(until_deadline(task, self._on_a_replica(task, self._generate)) for task in tasks)
+            )
+        )
 
     async def _on_a_replica(self, task: Any, run: Any) -> Any:
         """`run(replica, task)` on the task's replicas in route order until one answers."""

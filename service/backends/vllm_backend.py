@@ -40,6 +40,7 @@ from rlme.service.backends.base import (
     cut_at_stop,
     flat_label_ids,
     logsumexp,
+    until_deadline,
 )
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import label_tokens
@@ -174,7 +175,7 @@ class VLLMBackend(EventLoopState):
 
     async def generate_async(self, tasks: Sequence[GenerationTask]) -> list[GenerationResult]:
         # All tasks at once: the engine's scheduler batches their decoding continuously.
-        return list(await asyncio.gather(*(self._generate_one(task) for task in tasks)))
+        return list(await asyncio.gather(*(until_deadline(task, self._generate_one(task)) for task in tasks)))
 
     async def _generate_one(self, task: GenerationTask) -> GenerationResult:
         from vllm import SamplingParams
