@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from rlme.client.wire import JudgeTemplate
 from rlme.service.judging.templates import BUILTIN_JUDGES, check_placeholders
+from rlme.service.monitoring.signals import Thresholds
 from rlme.service.rubrics import BUILTIN_RUBRICS, RubricConfig
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -167,8 +168,9 @@ CanaryKind = Literal[
 ]  # service/monitoring/canaries.py
 
 
-class MonitoringConfig(_Strict):
-    """The run monitor (service/monitoring/monitor.py, docs/monitoring.md)."""
+class MonitoringConfig(Thresholds):
+    """The run monitor (service/monitoring/monitor.py, docs/monitoring.md): its thresholds
+    (monitoring/signals.py: Thresholds) and its other options."""
 
     enabled: bool = Field(True, description="Keep per-step statistics of requests that carry a `run`.")
     db_path: Path | None = Field(
@@ -181,23 +183,6 @@ class MonitoringConfig(_Strict):
         "callers, and /metrics would list them (rlme_runs{tenant, alarm} counts runs instead).",
     )
     max_steps: int = Field(1000, ge=4, description="Latest steps of a run held in memory and reported.")
-    window: int = Field(3, ge=1, description="Steps compared at the start and the end of a run.")
-    p_yes_rise: float = Field(0.1, gt=0, description="Mean p_yes up by this much: 'the reward went up'.")
-    length_change: float = Field(0.5, gt=0, description="Relative change of response length that is a shift.")
-    markdown_change: float = Field(0.3, gt=0, description="Change of the markdown share that is a shift.")
-    repetition_change: float = Field(0.2, gt=0, description="Change of the repeated-3-gram share.")
-    auc_alarm: float = Field(0.6, gt=0, lt=1, description="Rule AUC at or below this, with p_yes up: alarm.")
-    auc_drop: float = Field(0.15, gt=0, lt=1, description="Rule AUC fallen this much since the start: watch.")
-    label_mass_min: float = Field(0.05, gt=0, lt=1, description="Mean label mass below this: watch.")
-    rule_fall: float = Field(
-        0.5, gt=0, lt=1, description="Rule pass rate at most this share of its start, p_yes up: alarm."
-    )
-    rule_min_passes: int = Field(4, ge=1, description="Passing items the first window needs to read a fall.")
-    rule_trend_rise: float = Field(
-        0.02,
-        ge=0,
-        description="Mean p_yes up by this much while the rule's pass rate fell: alarm (else watch).",
-    )
     anchor_rate: float = Field(
         1.0,
         ge=0,
@@ -219,16 +204,6 @@ class MonitoringConfig(_Strict):
     )
     probe_queue_share: float = Field(
         0.5, gt=0, le=1, description="No probes while an evaluator's queue is fuller than this share."
-    )
-    anchor_gap_rise: float = Field(
-        0.1, gt=0, description="Unanchored minus anchored P(yes) grown this much: watch."
-    )
-    anchor_gap_alarm: float = Field(0.25, gt=0, description="... grown this much: alarm.")
-    canary_margin_drop: float = Field(
-        0.1, gt=0, description="Real minus canary P(yes) shrunk this much: watch."
-    )
-    canary_margin_min: float = Field(
-        0.02, description="... and now at most this: alarm (at most this from the start: watch)."
     )
 
 

@@ -45,9 +45,7 @@ RunKey = tuple[str, str]  # (tenant, run id)
 class RunMonitor:
     def __init__(self, config: MonitoringConfig, db_path: Path | None, metrics: Metrics) -> None:
         self.config = config
-        self.thresholds = Thresholds(
-            **{f: getattr(config, f) for f in Thresholds.__dataclass_fields__}  # same names
-        )
+        self.thresholds: Thresholds = config  # the settings' section is a Thresholds
         self._runs: OrderedDict[RunKey, dict[int, StepStats]] = OrderedDict()
         self._levels: dict[RunKey, Alarm] = {}  # the alarm of each run in memory
         self._metrics = metrics

@@ -12,31 +12,48 @@ and the caller's rule, if any, does not confirm the run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from statistics import fmean
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from rlme.client.wire.runs import Alarm, RunStep, Signal
 
 LEVELS: tuple[Alarm, ...] = ("ok", "watch", "alarm")
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    window: int = 3  # steps compared at each end of the run
-    p_yes_rise: float = 0.1  # mean p_yes up by this much counts as "the reward went up"
-    length_change: float = 0.5  # relative change of the mean response length
-    markdown_change: float = 0.3  # change of the share of responses with markdown
-    repetition_change: float = 0.2  # change of the mean repeated-3-gram share
-    auc_alarm: float = 0.6  # rule AUC at or below this in the last window, with p_yes up
-    auc_drop: float = 0.15  # rule AUC fallen this much since the first window
-    label_mass_min: float = 0.05  # mean label mass below this: the evaluator stopped answering
-    anchor_gap_rise: float = 0.1  # P(yes) unchecked minus P(yes) checked, grown this much: watch
-    anchor_gap_alarm: float = 0.25  # ... grown this much: alarm
-    canary_margin_drop: float = 0.1  # real minus canary P(yes), shrunk this much: watch
-    canary_margin_min: float = 0.02  # ... and now at most this (canaries score as high): alarm
-    rule_fall: float = 0.5  # the rule's pass rate at most this share of its start, p_yes up: alarm
-    rule_min_passes: int = 4  # passing items needed in the first window to read a fall
-    rule_trend_rise: float = 0.02  # mean p_yes up by this much with the rule's fall: alarm
+class Thresholds(BaseModel):
+    """When a signal watches or alarms. Declared once: the settings' `monitoring:` section
+    is a Thresholds with the monitor's other options (settings.MonitoringConfig)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: int = Field(3, ge=1, description="Steps compared at the start and the end of a run.")
+    p_yes_rise: float = Field(0.1, gt=0, description="Mean p_yes up by this much: 'the reward went up'.")
+    length_change: float = Field(0.5, gt=0, description="Relative change of response length that is a shift.")
+    markdown_change: float = Field(0.3, gt=0, description="Change of the markdown share that is a shift.")
+    repetition_change: float = Field(0.2, gt=0, description="Change of the repeated-3-gram share.")
+    auc_alarm: float = Field(0.6, gt=0, lt=1, description="Rule AUC at or below this, with p_yes up: alarm.")
+    auc_drop: float = Field(0.15, gt=0, lt=1, description="Rule AUC fallen this much since the start: watch.")
+    label_mass_min: float = Field(
+        0.05, gt=0, lt=1, description="Mean label mass below this: the evaluator stopped answering (watch)."
+    )
+    rule_fall: float = Field(
+        0.5, gt=0, lt=1, description="Rule pass rate at most this share of its start, p_yes up: alarm."
+    )
+    rule_min_passes: int = Field(4, ge=1, description="Passing items the first window needs to read a fall.")
+    rule_trend_rise: float = Field(
+        0.02, ge=0, description="Mean p_yes up this much while the rule's pass rate fell: alarm (else watch)."
+    )
+    anchor_gap_rise: float = Field(
+        0.1, gt=0, description="Unanchored minus anchored P(yes) grown this much: watch."
+    )
+    anchor_gap_alarm: float = Field(0.25, gt=0, description="... grown this much: alarm.")
+    canary_margin_drop: float = Field(
+        0.1, gt=0, description="Real minus canary P(yes) shrunk this much: watch."
+    )
+    canary_margin_min: float = Field(
+        0.02, description="... and now at most this: alarm (at most this from the start: watch)."
+    )
 
 
 def _ends(steps: Sequence[RunStep], window: int) -> tuple[Sequence[RunStep], Sequence[RunStep]] | None:
