@@ -284,14 +284,20 @@ class BaseClient:
         deadline: float,
         last: httpx.Response | httpx.TransportError,
     ) -> float:
-        """`delay`, if sleeping it leaves time for the retry; else APITimeoutError at once."""
+        """`delay`, if sleeping it leaves time for the retry; else the last failure at once, as
+        its own typed error (a 429 stays a RateLimitError), saying why it was not retried."""
         if self._clock() + delay < deadline:
             return delay
-        cause = self._status_error(last) if isinstance(last, httpx.Response) else self._connection_error(last)
-        raise self._past_deadline(request, f"the retry in {delay:g} s would come too late (last: {cause})")
+        why = f"not retried: the retry in {delay:g} s would end past {self.deadline_passed}"
+        if isinstance(last, httpx.Response):
+            error: RLMEError = self._status_error(last)
+        else:
+            error = self._connection_error(last)
+        error.args = (f"{error.args[0] if error.args else error}; {why}",)
+        raise error
 
     def _past_deadline(self, request: httpx.Request, why: str) -> APITimeoutError:
-        return APITimeoutError(f"{why}: {self.deadline_passed}", request=request)
+        return APITimeoutError(f"{why}: {self.deadline_passed} has run out", request=request)
 
     @staticmethod
     def _buffered(response: httpx.Response, body: bytes) -> httpx.Response:
@@ -309,7 +315,7 @@ class BaseClient:
 
     @property
     def deadline_passed(self) -> str:
-        return f"this call's total_timeout of {self.total_timeout:g} s has run out"
+        return f"this call's total_timeout of {self.total_timeout:g} s"
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
         """Seconds to sleep before retry `attempt` + 1, or None to stop.

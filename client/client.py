@@ -113,11 +113,16 @@ class RewardClient(BaseClient):
         `run`/`step` tag the request for the service's run monitor (GET /v1/runs/{run});
         `calibrated` adds `p_yes_calibrated` to each score (see `calibrate`)."""
         requests = self._reward_requests(items, questions, rubric, evaluators, run, step, calibrated)
+        deadline = self._deadline()  # one for the whole call, every chunk included
+
+        def post(request: RewardRequest) -> RewardResponse:
+            return self._post_rewards(request, deadline)
+
         if len(requests) <= 1:
-            return self._merge([self._post_rewards(request) for request in requests])
+            return self._merge([post(request) for request in requests])
         pool = ThreadPoolExecutor(min(self.max_concurrency, len(requests)), "rlme-client")
         try:
-            return self._merge(list(pool.map(self._post_rewards, requests)))
+            return self._merge(list(pool.map(post, requests)))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -214,13 +219,14 @@ class RewardClient(BaseClient):
                 raise NotReadyError(f"{self.base_url} not ready after {timeout:g} s; last: {last}")
             self._sleep(poll_interval)
 
-    def _post_rewards(self, request: RewardRequest) -> RewardResponse:
+    def _post_rewards(self, request: RewardRequest, deadline: float) -> RewardResponse:
         http_request = self._post_rewards_request(request)
-        return self._parse_rewards(request, self._send(http_request))
+        return self._parse_rewards(request, self._send(http_request, deadline))
 
-    def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send with retries, all within `total_timeout`; returns the last response, whatever its status."""
-        deadline = self._deadline()
+    def _send(self, request: httpx.Request, deadline: float | None = None) -> httpx.Response:
+        """Send with retries, all before `deadline` (default: `total_timeout` from now);
+        returns the last response, whatever its status."""
+        deadline = self._deadline() if deadline is None else deadline
         attempt = 0
         while True:
             self._time_left(request, deadline)
@@ -316,10 +322,11 @@ class AsyncRewardClient(BaseClient):
         `calibrated` adds `p_yes_calibrated` to each score (see `calibrate`)."""
         requests = self._reward_requests(items, questions, rubric, evaluators, run, step, calibrated)
         semaphore = asyncio.Semaphore(self.max_concurrency)
+        deadline = self._deadline()  # one for the whole call, every chunk included
 
         async def post(request: RewardRequest) -> RewardResponse:
             async with semaphore:
-                return await self._post_rewards(request)
+                return await self._post_rewards(request, deadline)
 
         tasks = [asyncio.ensure_future(post(request)) for request in requests]
         try:
@@ -422,20 +429,21 @@ class AsyncRewardClient(BaseClient):
                 raise NotReadyError(f"{self.base_url} not ready after {timeout:g} s; last: {last}")
             await self._sleep(poll_interval)
 
-    async def _post_rewards(self, request: RewardRequest) -> RewardResponse:
+    async def _post_rewards(self, request: RewardRequest, deadline: float) -> RewardResponse:
         http_request = self._post_rewards_request(request)
-        return self._parse_rewards(request, await self._send(http_request))
+        return self._parse_rewards(request, await self._send(http_request, deadline))
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send with retries, all within `total_timeout`; returns the last response, whatever its status."""
-        deadline = self._deadline()
+    async def _send(self, request: httpx.Request, deadline: float | None = None) -> httpx.Response:
+        """Send with retries, all before `deadline` (default: `total_timeout` from now);
+        returns the last response, whatever its status."""
+        deadline = self._deadline() if deadline is None else deadline
         attempt = 0
         while True:
             left = self._time_left(request, deadline)
             last: httpx.Response | httpx.TransportError
             try:
                 last = await asyncio.wait_for(self._read(request), timeout=left)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11
                 raise self._past_deadline(request, "the answer was still arriving") from None
             except httpx.TransportError as exc:
                 delay, last = self._retry_delay(attempt, None), exc

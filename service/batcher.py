@@ -140,7 +140,7 @@ class Batcher:
         try:
             # The deadline holds wherever the task is: queued, or in the engine.
             return await asyncio.wait_for(future, timeout=max(0.0, deadline - now))
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11
             if pending.queued:  # never reached the engine: it no longer counts as queued
                 pending.queued = False
                 self.queued_evaluations -= evaluations

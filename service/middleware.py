@@ -44,22 +44,23 @@ class RequestContextMiddleware:
         limit = self.max_body_bytes
 
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _reject(send, request_id, 413, _too_large(limit))
-            return
+        too_large = declared is not None and declared.isdigit() and int(declared) > limit
         # The whole body is read here, within the limit, declared or chunked alike: a body
         # that grows past it gets the same 413 before any route parses a byte of it.
         body = bytearray()
-        more = True
+        more = not too_large
         while more:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > limit:
-                await _reject(send, request_id, 413, _too_large(limit))
-                return
+            too_large = len(body) > limit
+            more = more and not too_large
+        if too_large:
+            await _reject(send, request_id, 413, _too_large(limit))
+            self._record(scope, 413, started)
+            return
         replayed = False
 
         async def receive_buffered() -> Message:
@@ -84,23 +85,29 @@ class RequestContextMiddleware:
         except asyncio.CancelledError:
             # The server stopped waiting for this request (shutdown past its grace period):
             # the caller gets a JSON 503 to retry elsewhere, never a bare 500.
-            if not started_response:
-                status = 503
-                await _reject(send, request_id, 503, _STOPPING, retry_after_s=5)
+            if started_response:  # cut off mid-answer: the server closes the connection
+                raise
+            status = 503
+            await _reject(send, request_id, 503, _STOPPING, retry_after_s=5)
         finally:
             self.metrics.in_flight.dec()
-            route = _route_of(scope)
-            elapsed = time.perf_counter() - started
-            self.metrics.request_latency.labels(route, str(status)).observe(elapsed)
-            tenant = scope["state"].get("tenant")  # set once the caller is authenticated
-            if status >= 400:
-                self.metrics.rejected.labels(str(status)).inc()
-                if tenant is not None:
-                    self.metrics.tenant_rejected.labels(tenant, str(status)).inc()
-            elif tenant is not None:
-                self.metrics.tenant_latency.labels(tenant).observe(elapsed)
-            fields = {"request_id": request_id, "tenant": tenant, "status": status, "seconds": elapsed}
-            access_log.info("%s %s %d %.3fs", scope.get("method"), route, status, elapsed, extra=fields)
+            self._record(scope, status, started)
+
+    def _record(self, scope: Scope, status: int, started: float) -> None:
+        """Latency and rejection metrics, and the access log line, of one request."""
+        route = _route_of(scope)
+        elapsed = time.perf_counter() - started
+        self.metrics.request_latency.labels(route, str(status)).observe(elapsed)
+        tenant = scope["state"].get("tenant")  # set once the caller is authenticated
+        if status >= 400:
+            self.metrics.rejected.labels(str(status)).inc()
+            if tenant is not None:
+                self.metrics.tenant_rejected.labels(tenant, str(status)).inc()
+        elif tenant is not None:
+            self.metrics.tenant_latency.labels(tenant).observe(elapsed)
+        request_id = scope["state"]["request_id"]
+        fields = {"request_id": request_id, "tenant": tenant, "status": status, "seconds": elapsed}
+        access_log.info("%s %s %d %.3fs", scope.get("method"), route, status, elapsed, extra=fields)
 
 
 def _route_of(scope: Scope) -> str:

@@ -16,7 +16,9 @@ from rlme.client import (
     APIResponseValidationError,
     APITimeoutError,
     AsyncRewardClient,
+    InternalServerError,
     InvalidInputError,
+    RateLimitError,
     RewardClient,
     RLMEError,
 )
@@ -82,23 +84,37 @@ def test_the_async_client_refuses_a_surrogate_the_same_way() -> None:
     assert caught.value.field == "items[0].prompt"
 
 
-def test_retry_after_past_the_total_deadline_fails_at_once() -> None:
+def test_retry_after_past_the_total_deadline_fails_at_once_as_the_servers_own_error() -> None:
     clock = FakeClock()
     answer = httpx.Response(
-        503, headers={"Retry-After": "99999"}, json={"error": {"code": "x", "message": "m"}}
+        429, headers={"Retry-After": "99999"}, json={"error": {"code": "x", "message": "m"}}
     )
     client = client_for(lambda r: answer, clock, timeout=2)
-    with pytest.raises(APITimeoutError, match="total_timeout of 2 s"):
+    with pytest.raises(RateLimitError, match="total_timeout of 2 s") as caught:
         client.rewards([{"prompt": "p", "response": "r"}], rubric="polite")
+    assert caught.value.status_code == 429  # still the server's answer, typed
     assert clock.now < 2  # it never slept the 60 s cap, let alone 5 retries of it
 
 
 def test_retries_stop_when_the_total_deadline_is_spent() -> None:
     clock = FakeClock()
     client = client_for(lambda r: httpx.Response(502, json={}), clock, total_timeout=3)
-    with pytest.raises(APITimeoutError):
+    with pytest.raises(InternalServerError, match="not retried"):
         client.rewards([{"prompt": "p", "response": "r"}], rubric="polite")
     assert sum(clock.slept) < 3 and len(clock.slept) >= 1
+
+
+def test_the_deadline_is_one_for_the_whole_call_not_one_per_chunk() -> None:
+    clock = FakeClock()
+    two = {**OK_BODY, "rewards": [-0.2] * 2, "results": OK_BODY["results"] * 2}
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        clock.now += 1.5  # each chunk takes 1.5 s; four chunks, one at a time
+        return httpx.Response(200, json=two)
+
+    client = client_for(slow, clock, total_timeout=4, chunk_size=2, max_concurrency=1)
+    with pytest.raises(APITimeoutError, match="total_timeout of 4 s"):
+        client.rewards([{"prompt": "p", "response": f"r{i}"} for i in range(8)], rubric="polite")
 
 
 class Drip(httpx.SyncByteStream):

@@ -316,3 +316,23 @@ async def test_a_run_is_monitored_over_http_and_survives_a_restart(tmp_path: Pat
         await restarted.state.loading
         again = (await client.get("/v1/runs/exp-1")).json()
     assert again["steps"] == report["steps"]
+
+
+def test_an_old_runs_file_is_migrated_to_tenants_and_a_corrupt_row_stops_nothing(tmp_path: Path) -> None:
+    import sqlite3
+
+    from rlme.service.metrics import Metrics
+    from rlme.service.monitoring.monitor import RunMonitor
+    from rlme.service.settings import MonitoringConfig
+
+    db = tmp_path / "runs.sqlite"
+    with sqlite3.connect(db) as old:  # the layout before runs belonged to tenants
+        old.execute("CREATE TABLE run_steps (run TEXT, step INTEGER, stats TEXT, updated REAL)")
+        old.execute("INSERT INTO run_steps VALUES ('exp', 1, ?, 0)", ('{"tenants": ["team-a"]}',))
+        old.execute("INSERT INTO run_steps VALUES ('broken', 1, 'not json', 0)")
+    monitor = RunMonitor(MonitoringConfig(), db, Metrics())
+    assert monitor.store_error is None
+    rows = set(sqlite3.connect(db).execute("SELECT tenant, run FROM tenant_run_steps"))
+    assert rows == {("team-a", "exp"), ("anonymous", "broken")}
+    report = monitor.report("broken", "anonymous")  # its unreadable step is skipped, not a 500
+    assert report is not None and report.steps == []

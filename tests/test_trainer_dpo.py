@@ -123,3 +123,12 @@ def test_one_tiny_iteration_writes_every_output_and_changes_the_weights(
     after = load_file(str(run / "checkpoints" / "step_000001" / "model.safetensors"))
     changed = sum(not torch.equal(before[k], after[k]) for k in before if k in after)
     assert changed > 0
+
+
+def test_a_service_without_the_frozen_referee_is_refused_at_start() -> None:
+    from rlme.client.testing import FakeRewardService
+    from rlme.trainer.dpo import check_service
+
+    refused = pytest.raises(ValueError, match=r"no evaluator \['frozen'\].*meta_rewarding_service.yaml")
+    with FakeRewardService().client() as client, refused:  # one evaluator, `default`
+        check_service(client, load_config({}, "x.yaml"))

@@ -470,6 +470,21 @@ def score_variance(scores: list[float]) -> float:
     return sum((s - mean) ** 2 for s in scores) / len(scores)
 
 
+def check_service(client: Any, cfg: MetaRewardingConfig) -> None:
+    """Refuse at start, not after an iteration, a service without the evaluators or judge
+    the config names (a live-self run reloads one evaluator and needs a frozen referee)."""
+    have = {e.name for e in client.evaluators().evaluators}
+    needed = {cfg.judge_evaluator, cfg.referee, cfg.live_self_evaluator if cfg.live_self else None} - {None}
+    missing = sorted(str(name) for name in needed if name not in have)
+    if missing:
+        raise ValueError(
+            f"the service at {client.base_url} has no evaluator {missing} (it has {sorted(have)}); "
+            "for live self start it with examples/meta_rewarding_service.yaml, or set live_self: false"
+        )
+    if cfg.judge not in {j.name for j in client.judges().judges}:
+        raise ValueError(f"the service has no judge {cfg.judge!r} (GET /v1/judges)")
+
+
 def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
     """Run the Meta-Rewarding iterations; returns the trained model."""
     from torch.utils.tensorboard import SummaryWriter
@@ -501,6 +516,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
     if owns_client:
         client = RewardClient(base_url=cfg.base_url, timeout=3600)
         client.wait_until_ready(timeout=cfg.service_wait_s)
+    check_service(client, cfg)
     template = {j.name: j.template for j in client.judges().judges}[cfg.judge]
 
     def judge_prompt(prompt: str, response: str) -> str:  # what the model reads as a judge

@@ -536,8 +536,9 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
             lengths = rollout.response_mask.sum(1).float()  # (B,)
             metrics.update({name: mean([p[name] for p in passes]) for name in passes[0]})
             scored = rewards[~rewards.isnan()]
-            metrics["reward/mean"] = float(scored.mean())
-            metrics["reward/std"] = float(scored.std(correction=0))
+            if scored.numel():  # a batch whose every reward is masked has no mean (and no update)
+                metrics["reward/mean"] = float(scored.mean())
+                metrics["reward/std"] = float(scored.std(correction=0))
             metrics["reward/zero_std_groups"] = float((advantages.view(-1, G) == 0).all(dim=1).float().mean())
             metrics["response/length_mean"] = float(lengths.mean())
             metrics["response/truncated_frac"] = float((lengths == cfg.max_new_tokens).float().mean())

@@ -271,16 +271,21 @@ def logsumexp(values: Sequence[float]) -> float:
 _LATE_GRACE_S = 0.5
 
 
+def late_at(task: GenerationTask) -> float:
+    """When an engine may stop a task's generation (monotonic; inf: never)."""
+    return math.inf if task.deadline is None else task.deadline + _LATE_GRACE_S
+
+
 async def until_deadline(task: GenerationTask, work: Awaitable[GenerationResult]) -> GenerationResult:
     """`work`, cancelled once nobody waits for it (the task's deadline has passed): cancelling
     aborts the request in the engine (vLLM aborts a cancelled generate; a remote server, one
     whose connection closed), so a late judge does not keep writing for no one."""
     if task.deadline is None:
         return await work
-    left = task.deadline + _LATE_GRACE_S - time.monotonic()
+    left = late_at(task) - time.monotonic()
     try:
         return await asyncio.wait_for(work, timeout=max(0.0, left))
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11
         return GenerationResult(samples=())
 
 

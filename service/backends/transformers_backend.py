@@ -11,7 +11,6 @@ token of each evaluation.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from rlme.service.backends.base import (
     ScoringTask,
     TaskResult,
     cut_at_stop,
+    late_at,
 )
 from rlme.service.backends.prefix_tree import PackedRow, pack, tree_mask
 from rlme.service.errors import ServiceStopping
@@ -204,7 +204,7 @@ class TransformersBackend(LoadedState):
             prompt[b, width - len(task.prompt) :] = torch.tensor(task.prompt)
             mask[b, width - len(task.prompt) :] = 1
         rows = tasks[0].samples if sampled else 1  # output rows per task
-        deadlines = [t.deadline if t.deadline is not None else math.inf for t in tasks for _ in range(rows)]
+        deadlines = [late_at(t) for t in tasks for _ in range(rows)]
         output = model.generate(
             prompt.to(self.device),
             attention_mask=mask.to(self.device),

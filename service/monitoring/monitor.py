@@ -204,7 +204,13 @@ class RunMonitor:
             "ORDER BY step DESC LIMIT ?",
             (*run, self.config.max_steps),
         ).fetchall()
-        return {step: StepStats.from_json(json.loads(stats)) for step, stats in sorted(rows)}
+        steps = {}
+        for step, stats in sorted(rows):
+            try:
+                steps[step] = StepStats.from_json(json.loads(stats))
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:  # left in the file
+                log.warning("run monitor: step %d of run %r is unreadable, skipped: %s", step, run, exc)
+        return steps
 
     def _save(self, run: RunKey, step: int, stats: StepStats) -> None:
         if self._db is None:
@@ -239,7 +245,7 @@ def _open(path: Path) -> sqlite3.Connection:
         empty = db.execute("SELECT 1 FROM tenant_run_steps LIMIT 1").fetchone() is None
         if legacy and empty:
             for run, step, stats, updated in db.execute("SELECT run, step, stats, updated FROM run_steps"):
-                owners = json.loads(stats).get("tenants") or ["anonymous"]
+                owners = _owners(stats)
                 db.execute(
                     "INSERT OR IGNORE INTO tenant_run_steps VALUES (?, ?, ?, ?, ?)",
                     (owners[0], run, step, stats, updated),
@@ -249,6 +255,16 @@ def _open(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _owners(stats: str) -> list[str]:
+    """Who tagged a step of an old file (its first tagger owns the run); a row that cannot be
+    read goes to 'anonymous' rather than stopping the service."""
+    try:
+        owners = json.loads(stats).get("tenants")
+    except (ValueError, AttributeError):
+        return ["anonymous"]
+    return owners if isinstance(owners, list) and owners else ["anonymous"]
 
 
 def _add(stats: StepStats, step: int, item: Item, result: ItemResult) -> None:
