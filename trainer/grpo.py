@@ -139,8 +139,8 @@ class TrainConfig:
     rlvr_weight: float = 1.0
     """Weight of the rule reward in 'mixture'; of label correctness in 'r_align'."""
     held_out_every: int = 4
-    """'r_align': rows 0, N, 2N, ... are held out (written to output_dir/held_out.jsonl for the
-    audit); 0: train on every row."""
+    """'r_align': one row in N is held out, stratified by label and category (r_align.split;
+    written to output_dir/held_out.jsonl for the audit); 0: train on every row."""
     sft_steps: int = 0
     """'r_align': SFT warm-up steps on the gold judgments before GRPO (`prompts_per_step` rows each)."""
     sft_lr: float = 1e-5
