@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,6 +48,7 @@ from .wire import (
     RewardResponse,
     Usage,
 )
+from .wire.base import lone_surrogate_at
 
 # Retry policy. Rewards are idempotent (the same items give the same scores), so
 # retrying a POST is safe.
@@ -127,11 +127,8 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _has_lone_surrogate(value: object) -> bool:
-    return isinstance(value, str) and not value.isascii() and _LONE_SURROGATE.search(value) is not None
+    return isinstance(value, str) and lone_surrogate_at(value) is not None
 
 
 def reject_lone_surrogates(fields: Mapping[str, object]) -> None:
@@ -144,8 +141,8 @@ def reject_lone_surrogates(fields: Mapping[str, object]) -> None:
     if found is None:
         return
     field, text = found
-    match = _LONE_SURROGATE.search(str(text))
-    at = "" if match is None else f" (U+{ord(match.group()):04X} at character {match.start()})"
+    index = lone_surrogate_at(str(text))
+    at = "" if index is None else f" (U+{ord(str(text)[index]):04X} at character {index})"
     raise InvalidInputError(
         f"{field} holds a lone UTF-16 surrogate{at}, which is not text and cannot be sent as UTF-8; "
         "fix the text, or replace the surrogate with U+FFFD, e.g. "

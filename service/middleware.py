@@ -49,14 +49,13 @@ class RequestContextMiddleware:
         # that grows past it gets the same 413 before any route parses a byte of it.
         body = bytearray()
         more = not too_large
-        while more:
+        while more and not too_large:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
             too_large = len(body) > limit
-            more = more and not too_large
         if too_large:
             await _reject(send, request_id, 413, _too_large(limit))
             self._record(scope, 413, started)

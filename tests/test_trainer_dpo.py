@@ -127,8 +127,8 @@ def test_one_tiny_iteration_writes_every_output_and_changes_the_weights(
 
 def test_a_service_without_the_frozen_referee_is_refused_at_start() -> None:
     from rlme.client.testing import FakeRewardService
-    from rlme.trainer.dpo import check_service
+    from rlme.trainer.dpo import judge_template
 
     refused = pytest.raises(ValueError, match=r"no evaluator \['frozen'\].*meta_rewarding_service.yaml")
     with FakeRewardService().client() as client, refused:  # one evaluator, `default`
-        check_service(client, load_config({}, "x.yaml"))
+        judge_template(client, load_config({}, "x.yaml"))

@@ -470,9 +470,10 @@ def score_variance(scores: list[float]) -> float:
     return sum((s - mean) ** 2 for s in scores) / len(scores)
 
 
-def check_service(client: Any, cfg: MetaRewardingConfig) -> None:
-    """Refuse at start, not after an iteration, a service without the evaluators or judge
-    the config names (a live-self run reloads one evaluator and needs a frozen referee)."""
+def judge_template(client: Any, cfg: MetaRewardingConfig) -> Any:
+    """The configured judge's template; refused at start, not after an iteration, when the
+    service lacks it or an evaluator the config names (live self reloads one evaluator and
+    needs a frozen referee)."""
     have = {e.name for e in client.evaluators().evaluators}
     needed = {cfg.judge_evaluator, cfg.referee, cfg.live_self_evaluator if cfg.live_self else None} - {None}
     missing = sorted(str(name) for name in needed if name not in have)
@@ -481,8 +482,10 @@ def check_service(client: Any, cfg: MetaRewardingConfig) -> None:
             f"the service at {client.base_url} has no evaluator {missing} (it has {sorted(have)}); "
             "for live self start it with examples/meta_rewarding_service.yaml, or set live_self: false"
         )
-    if cfg.judge not in {j.name for j in client.judges().judges}:
+    judges = {j.name: j.template for j in client.judges().judges}
+    if cfg.judge not in judges:
         raise ValueError(f"the service has no judge {cfg.judge!r} (GET /v1/judges)")
+    return judges[cfg.judge]
 
 
 def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
@@ -516,8 +519,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
     if owns_client:
         client = RewardClient(base_url=cfg.base_url, timeout=3600)
         client.wait_until_ready(timeout=cfg.service_wait_s)
-    check_service(client, cfg)
-    template = {j.name: j.template for j in client.judges().judges}[cfg.judge]
+    template = judge_template(client, cfg)
 
     def judge_prompt(prompt: str, response: str) -> str:  # what the model reads as a judge
         return f"{template.system_prompt}\n\n{fill(template, {'prompt': prompt, 'response': response})}"

@@ -68,7 +68,7 @@ class RunMonitor:
         self, request: RewardRequest, results: list[ItemResult], tenant: str = "anonymous"
     ) -> tuple[Alarm, int] | None:
         """Add a scored request of a run; the run's alarm after it and the step it counted
-        toward (None: not a run's). The tenant may read the step's samples."""
+        toward (None: not a run's)."""
         if request.run is None or not self.config.enabled:
             return None
         run = (tenant, request.run)
@@ -76,8 +76,6 @@ class RunMonitor:
             steps = self._steps(run)
             step = request.step if request.step is not None else max(steps, default=0)
             stats = steps.setdefault(step, StepStats())
-            if tenant not in stats.tenants:
-                stats.tenants.append(tenant)
             for item, result in zip(request.items, results, strict=True):
                 _add(stats, step, item, result)
             while len(steps) > self.config.max_steps:

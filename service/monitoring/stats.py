@@ -106,7 +106,7 @@ class StepStats:
     # canary kind -> [count, sum of canary p_yes, sum of the real responses' p_yes]
     canaries: dict[str, list[float]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
-    tenants: list[str] = field(default_factory=list)  # who tagged it (files older than per-tenant runs)
+    tenants: list[str] = field(default_factory=list)  # who tagged it, in files before per-tenant runs
     alarm: str | None = None  # the run's alarm as of this step
 
     def add_item(self, reward: float, response: str, p_mean: float, rule_score: float | None) -> None:
