@@ -101,7 +101,7 @@ def rlme_remote(model: Path, vllm_url: str) -> Process:
         "batching": {"max_batch_evaluations": 256, "max_batch_tokens": 131072},
     }  # fmt: skip
     env = {"RLME_LOG_LEVEL": "warning", "RLME_EVALUATORS": json.dumps([evaluator])}
-    command = [sys.executable, "-m", "rlme.service.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "rlme.trainer.cli", "serve", "--port", str(port)]
     return Process(command, f"http://127.0.0.1:{port}", env, "rlme")
 
 

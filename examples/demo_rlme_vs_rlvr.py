@@ -125,7 +125,8 @@ def evaluate(url: str, spec: dict[str, Any], policies: dict[str, str], max_new_t
     from rlme.service.model_store import resolve_model
     from rlme.service.settings import Settings
     from rlme.trainer.common import sample_groups
-    from rlme.trainer.grpo import TrainConfig, resolve_rule
+    from rlme.trainer.grpo import TrainConfig
+    from rlme.trainer.rewards import resolve_rule
     from rlme.trainer.rules import RULES
 
     rows = spec["held_out"]

@@ -114,7 +114,7 @@ def start_server(
     log = log_dir / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "rlme.service.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "rlme.trainer.cli", "serve", "--port", str(port)],
             env={**os.environ, "RLME_LOG_LEVEL": "warning", **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -60,7 +60,7 @@ def test_slime_reward_is_a_bare_number(server: str) -> None:
 
 
 def test_cli_score_in_process() -> None:
-    command = [sys.executable, "-m", "rlme.service.cli", "score", "--prompt", "Say hi.",
+    command = [sys.executable, "-m", "rlme.trainer.cli", "score", "--prompt", "Say hi.",
                "--response", "Hello there, friend!", "--question", "Is the response polite?"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
@@ -70,7 +70,7 @@ def test_cli_score_in_process() -> None:
 
 
 def test_cli_judge_against_a_server(server: str) -> None:
-    command = [sys.executable, "-m", "rlme.service.cli", "judge", "--prompt", "What is 2+2?",
+    command = [sys.executable, "-m", "rlme.trainer.cli", "judge", "--prompt", "What is 2+2?",
                "--response", "4", "--max-tokens", "8", "--url", server]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
@@ -88,7 +88,7 @@ def test_the_command_without_the_service_extra_says_what_to_install() -> None:
     assert done.stderr.strip() == (
         "rlme: the command line needs the service (typer is missing): pip install 'rlme[service]'"
     )
-    version = subprocess.run([sys.executable, "-m", "rlme.service.cli", "--version"], capture_output=True,
+    version = subprocess.run([sys.executable, "-m", "rlme.trainer.cli", "--version"], capture_output=True,
                              text=True, timeout=60, check=False)  # fmt: skip
     assert version.returncode == 0 and version.stdout.startswith("rlme 0.1")
 
@@ -113,7 +113,7 @@ def test_a_bad_configuration_is_one_message_and_exit_2(
     if config is not None:
         path.write_text(config)
     done = subprocess.run(
-        [sys.executable, "-m", "rlme.service.cli", "serve", "--config", str(path)],
+        [sys.executable, "-m", "rlme.trainer.cli", "serve", "--config", str(path)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2

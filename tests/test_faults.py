@@ -135,7 +135,7 @@ def test_kill_9_and_restart_keep_runs_and_calibrations(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
 
     def start() -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "rlme.service.cli", "serve", "--port", str(port)]
+        command = [sys.executable, "-m", "rlme.trainer.cli", "serve", "--port", str(port)]
         with (tmp_path / "server.log").open("ab") as out:
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         wait_healthy(url, process, tmp_path / "server.log", 180)

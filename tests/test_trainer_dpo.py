@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlme.trainer.dpo import actor_pair, dpo_loss, judge_pair_reason, load_config, score_variance
+from rlme.trainer.dpo import actor_pair, dpo_loss, judge_pair_reason, load_config
+from rlme.trainer.meta_judging import score_variance
 
 
 def test_dpo_loss_against_numbers_worked_out_by_hand() -> None:
@@ -96,7 +97,7 @@ def test_one_tiny_iteration_writes_every_output_and_changes_the_weights(
     }
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config))
-    command = [sys.executable, "-m", "rlme.service.cli", "train", "--config", str(path)]
+    command = [sys.executable, "-m", "rlme.trainer.cli", "train", "--config", str(path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -127,7 +128,7 @@ def test_one_tiny_iteration_writes_every_output_and_changes_the_weights(
 
 def test_a_service_without_the_frozen_referee_is_refused_at_start() -> None:
     from rlme.client.testing import FakeRewardService
-    from rlme.trainer.dpo import judge_template
+    from rlme.trainer.meta_judging import judge_template
 
     refused = pytest.raises(ValueError, match=r"no evaluator \['frozen'\].*meta_rewarding_service.yaml")
     with FakeRewardService().client() as client, refused:  # one evaluator, `default`

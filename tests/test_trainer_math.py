@@ -11,15 +11,8 @@ import torch
 
 from rlme.client.testing import FakeRewardService
 from rlme.trainer.common import load_rows, step_rows
-from rlme.trainer.grpo import (
-    TrainConfig,
-    cispo_loss,
-    compute_rewards,
-    group_advantages,
-    kl_k3,
-    load_config,
-    resolve_rule,
-)
+from rlme.trainer.grpo import TrainConfig, cispo_loss, group_advantages, kl_k3, load_config
+from rlme.trainer.rewards import compute_rewards, resolve_rule
 
 # ---------------------------------------------------------------- advantages
 

@@ -1,8 +1,9 @@
 """Meta-Rewarding: iterative DPO of a model as actor and as judge, all judging by the service.
 
-Read top to bottom: config, the pure maths (DPO loss, pair selection), the service calls,
-the update, `train()`. Run: `rlme train --config examples/meta_rewarding.yaml`
-(`algorithm: meta_rewarding`).
+Read top to bottom: config, the pure maths (DPO loss, pair selection), the update, the pairs
+of an iteration, `train()`; the calls to the service's judges are trainer/meta_judging.py,
+what every trainer shares trainer/common.py.
+Run: `rlme train --config examples/meta_rewarding.yaml` (`algorithm: meta_rewarding`).
 
 Objective (Rafailov et al. 2023, DPO). For a pair (x, y_w, y_l), with π_ref the policy at
 the start of the iteration and s(y) = log π(y | x) summed over the response's tokens:
@@ -58,38 +59,51 @@ from typing import Any, Literal
 import torch
 
 from rlme.trainer.common import (
+    PolicyFields,
     config_from,
+    greedy,
+    load_policy,
     load_rows,
     micro_batches,
     push_live_self,
     sample_groups,
     save_checkpoint,
+    sequence_logps,
     step_rows,
 )
-from rlme.trainer.outputs import plot_iterations, read_jsonl, write_jsonl
+from rlme.trainer.meta_judging import (
+    judge_responses,
+    judge_template,
+    judgment_text,
+    score_variance,
+    stated_scores,
+    win_rate,
+)
+from rlme.trainer.outputs import open_run, plot_iterations, write_jsonl
 from rlme.trainer.rules import RULES
 
 
 @dataclass
-class MetaRewardingConfig:
+class MetaRewardingConfig(PolicyFields):
+    """Meta-Rewarding's settings: the shared policy fields (trainer/common.py PolicyFields) with
+    these defaults, and the fields below."""
+
+    data: str = "lists"
+    group_size: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 0.8
+    lr: float = 5e-6
+    micro_batch_size: int = 4
+    output_dir: str = "runs/meta_rewarding"
+
     algorithm: Literal["meta_rewarding"] = "meta_rewarding"
     """Chooses this trainer in `rlme train` (GRPO: 'grpo')."""
-    model: str = "embedded"
-    """Initial policy: 'embedded', a HF folder or .gguf."""
-    data: str = "lists"
-    """JSONL of {"prompt": str}, or a shipped task ('lists', 'polite', 'capitals', 'arith')."""
     rule: str | None = None
     """A rule of trainer/rules.py logged on held-out responses ('numbered_list', ...); null: none."""
     iterations: int = 2
     """Meta-Rewarding iterations (the paper: 4)."""
     prompts_per_iteration: int = 8
     """Prompts whose responses are judged each iteration."""
-    group_size: int = 4
-    """K: responses sampled per prompt."""
-    max_new_tokens: int = 48
-    """Longest response in tokens."""
-    temperature: float = 0.8
-    """Actor sampling temperature (no top-k/top-p)."""
     judge: str = "additive_5"
     """The service's pointwise judge (GET /v1/judges): 'additive_5' is the papers' 0-5 rubric."""
     judgments: int = 3
@@ -115,37 +129,18 @@ class MetaRewardingConfig:
     """Weight of the judge pairs' DPO loss beside the actor pairs'."""
     beta: float = 0.1
     """DPO β."""
-    lr: float = 5e-6
-    """AdamW learning rate."""
     epochs: int = 2
     """Passes over an iteration's pairs."""
-    micro_batch_size: int = 4
-    """Pairs per forward/backward; gradients accumulate over an epoch's pairs."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip per optimiser step; 0 disables."""
     eval_prompts: int = 8
     """Held-out prompts (the last rows of the data) for the independent measure; never trained on."""
     live_self: bool = True
     """Reload `live_self_evaluator` on the service with the policy after each iteration: the model
     judges itself (the paper). False: a frozen judge, the initial model, judges every iteration."""
-    live_self_evaluator: str = "default"
-    """The evaluator that follows the policy when `live_self` is on (needs an admin key or loopback)."""
-    base_url: str | None = None
-    """The rlme service; null: $RLME_BASE_URL, else http://127.0.0.1:8000."""
-    service_wait_s: float = 300.0
-    """How long to wait at start for the service to be ready."""
-    output_dir: str = "runs/meta_rewarding"
-    """metrics.jsonl, pairs.jsonl, tb/, meta_rewarding.png and checkpoints/ go here."""
-    resume: str | None = None
-    """A checkpoint folder (output_dir/checkpoints/step_N, N = iteration) to continue from."""
-    seed: int = 0
-    """Seeds prompt order and sampling (reseeded per iteration)."""
-    device: str = "auto"
-    """'auto', 'cpu', 'cuda' or 'cuda:N'. The policy is trained in float32."""
 
     def __post_init__(self) -> None:
-        if self.group_size < 2 or self.judgments < 1 or self.iterations < 1:
-            raise ValueError("group_size must be >= 2, judgments and iterations >= 1")
+        super().__post_init__()
+        if self.judgments < 1 or self.iterations < 1:
+            raise ValueError("judgments and iterations must be >= 1")
         if not 0.0 <= self.length_control <= 0.5:
             raise ValueError(f"length_control (ρ) must be in [0, 0.5], not {self.length_control}")
         if self.rule is not None and self.rule not in RULES:
@@ -156,11 +151,6 @@ class MetaRewardingConfig:
                 f"live_self reloads evaluator {live!r} every iteration, so it cannot be the frozen "
                 "referee: set frozen_evaluator to a second evaluator of the service "
                 "(examples/meta_rewarding_service.yaml), or live_self: false"
-            )
-        if self.resume is not None and not (Path(self.resume) / "trainer_state.pt").is_file():
-            raise ValueError(
-                f"resume: {self.resume} is not a checkpoint of this trainer (no trainer_state.pt there); "
-                "checkpoints are written to output_dir/checkpoints/step_N"
             )
 
     @property
@@ -229,73 +219,7 @@ def judge_pair_reason(
     return None
 
 
-# ---------------------------------------------------------------- the service's judging
-
-
-def verdict_of(judgment: Any) -> str:
-    """The judgment's most probable label."""
-    return str(max(judgment.verdict_probs, key=judgment.verdict_probs.get))
-
-
-def judgment_text(judgment: Any, cue: str) -> str:
-    """A judgment as the meta-judge sees it and as the model learns to write it."""
-    return f"{judgment.rationale.rstrip()}\n{cue} {verdict_of(judgment)}"
-
-
-def judge_responses(client: Any, cfg: MetaRewardingConfig, prompts: list[str], texts: list[str]) -> list[Any]:
-    answer = client.judgments(
-        [{"prompt": p, "response": y} for p, y in zip(prompts, texts, strict=True)],
-        judge=cfg.judge,
-        samples=cfg.judgments,
-        temperature=cfg.judge_temperature if cfg.judgments > 1 else 0.0,
-        max_tokens=cfg.judge_max_tokens,
-        evaluator=cfg.judge_evaluator,
-        seed=cfg.seed,
-    )
-    return list(answer.results)
-
-
-def win_rate(
-    client: Any, cfg: MetaRewardingConfig, prompts: list[str], new: list[str], old: list[str]
-) -> float:
-    """Mean P(new better than old) by the frozen evaluator, both orders."""
-    pairs = [
-        {"prompt": p, "response_a": a, "response_b": b} for p, a, b in zip(prompts, new, old, strict=True)
-    ]
-    results = client.compare(pairs, max_tokens=cfg.judge_max_tokens, evaluator=cfg.referee).results
-    wins = [r.p_a_better for r in results if r.p_a_better is not None]
-    return sum(wins) / len(wins) if wins else float("nan")
-
-
-# ---------------------------------------------------------------- policy log-probs and update
-
-
-def sequence_logps(
-    model: Any, tokenizer: Any, prompts: list[str], responses: list[str], ended: list[bool]
-) -> torch.Tensor:
-    """s(y) = Σ_t log π(y_t | x, y_<t) per pair; a response that ended (not cut off at the
-    token limit) is closed by EOS, as it was sampled. (B,)."""
-    ids, starts = [], []
-    for prompt, response, closed in zip(prompts, responses, ended, strict=True):
-        chat = [{"role": "user", "content": prompt}]
-        head = list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
-        tail = tokenizer(response, add_special_tokens=False, split_special_tokens=True).input_ids
-        ids.append([*head, *tail, *([tokenizer.eos_token_id] if closed else [])])
-        starts.append(len(head))
-    width = max(len(s) for s in ids)
-    batch = torch.full(
-        (len(ids), width), tokenizer.pad_token_id or 0, dtype=torch.long
-    )  # (B, L) right-padded
-    keep = torch.zeros((len(ids), width), dtype=torch.bool)  # (B, L): response tokens
-    for b, (row, start) in enumerate(zip(ids, starts, strict=True)):
-        batch[b, : len(row)] = torch.tensor(row)
-        keep[b, start : len(row)] = True
-    batch, keep = batch.to(model.device), keep.to(model.device)
-    # Right padding: real tokens never attend to it, so no attention mask is needed.
-    logits = model(input_ids=batch).logits[:, :-1].float()  # (B, L-1, V)
-    targets = batch[:, 1:]  # (B, L-1)
-    token = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (B, L-1)
-    return (token * keep[:, 1:]).sum(-1)  # (B,)
+# ---------------------------------------------------------------- the update
 
 
 def dpo_update(
@@ -337,21 +261,6 @@ def dpo_update(
         optimizer.zero_grad(set_to_none=True)
         history.append(totals)
     return history[-1]
-
-
-@torch.no_grad()
-def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
-    chats = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
-        for p in prompts
-    ]
-    enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    out = model.generate(
-        **enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id
-    )
-    return [tokenizer.decode(row, skip_special_tokens=True) for row in out[:, enc["input_ids"].shape[1] :]]
 
 
 # ---------------------------------------------------------------- the loop
@@ -453,68 +362,18 @@ def iteration_pairs(
     return pairs, metrics
 
 
-def stated_scores(result: Any, template: Any) -> list[float]:
-    """The score each usable judgment of a response states (its most probable label's value)."""
-    return [
-        template.label_values[template.labels.index(verdict_of(j))]
-        for j in result.judgments
-        if j.expected_score is not None
-    ]
-
-
-def score_variance(scores: list[float]) -> float:
-    """Population variance; 0 for fewer than two scores (the paper picks the largest)."""
-    if len(scores) < 2:
-        return 0.0
-    mean = sum(scores) / len(scores)
-    return sum((s - mean) ** 2 for s in scores) / len(scores)
-
-
-def judge_template(client: Any, cfg: MetaRewardingConfig) -> Any:
-    """The configured judge's template; refused at start, not after an iteration, when the
-    service lacks it or an evaluator the config names (live self reloads one evaluator and
-    needs a frozen referee)."""
-    have = {e.name for e in client.evaluators().evaluators}
-    needed = {cfg.judge_evaluator, cfg.referee, cfg.live_self_evaluator if cfg.live_self else None} - {None}
-    missing = sorted(str(name) for name in needed if name not in have)
-    if missing:
-        raise ValueError(
-            f"the service at {client.base_url} has no evaluator {missing} (it has {sorted(have)}); "
-            "for live self start it with examples/meta_rewarding_service.yaml, or set live_self: false"
-        )
-    judges = {j.name: j.template for j in client.judges().judges}
-    if cfg.judge not in judges:
-        raise ValueError(f"the service has no judge {cfg.judge!r} (GET /v1/judges)")
-    return judges[cfg.judge]
-
-
 def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
     """Run the Meta-Rewarding iterations; returns the trained model."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlme.client import RewardClient
     from rlme.service.judging.templates import fill
-    from rlme.service.model_store import resolve_model
-    from rlme.service.settings import Settings
 
     rows = load_rows(cfg.data)
     held_out = [r["prompt"] for r in rows[-cfg.eval_prompts :]] if cfg.eval_prompts else []
     train_rows = rows[: len(rows) - len(held_out)]
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if cfg.device == "auto" else cfg.device)
-    initial = resolve_model(cfg.model, Settings.load().cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.resume or initial)
-    tokenizer.padding_side = "left"
-    load: Any = AutoModelForCausalLM.from_pretrained
-    model = load(cfg.resume or initial, dtype=torch.float32).to(device).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
-    start = 1
-    if cfg.resume:
-        state = torch.load(Path(cfg.resume) / "trainer_state.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"] + 1
+    policy = load_policy(cfg)
+    model, tokenizer, optimizer, start = policy.model, policy.tokenizer, policy.optimizer, policy.start
     owns_client = client is None
     if owns_client:
         client = RewardClient(base_url=cfg.base_url, timeout=3600)
@@ -525,20 +384,15 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
         return f"{template.system_prompt}\n\n{fill(template, {'prompt': prompt, 'response': response})}"
 
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    for name in ("metrics.jsonl", "pairs.jsonl"):  # a resumed run redoes later iterations
-        write_jsonl(out / name, [r for r in read_jsonl(out / name) if r["iteration"] < start])
-    history = read_jsonl(out / "metrics.jsonl")
+    history, writer = open_run(out, asdict(cfg), start, ("metrics.jsonl", "pairs.jsonl"), "iteration")
     baseline_path = out / "initial_responses.json"  # the initial policy's held-out answers, kept
     if not baseline_path.exists():  # from the initial weights, also when resuming
-        first = model if not cfg.resume else load(initial, dtype=torch.float32).to(device).eval()
+        first = model if not cfg.resume else policy.load_initial()
         baseline_path.write_text(json.dumps(greedy(first, tokenizer, held_out, cfg.max_new_tokens)))
         del first
     if cfg.resume and cfg.live_self:  # the service may have restarted on older weights
         push_live_self(model, tokenizer, cfg, client)
     baseline = json.loads(baseline_path.read_text())
-    writer = SummaryWriter(str(out / "tb"), purge_step=start)
     bar = tqdm(
         range(start, cfg.iterations + 1), initial=start - 1, total=cfg.iterations, desc="meta-rewarding"
     )
@@ -550,7 +404,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
                 for i in step_rows(len(train_rows), cfg.prompts_per_iteration, it, cfg.seed)
             ]
             t0 = time.perf_counter()
-            # 1. actor. GRPO's helpers read only fields both configs have (group_size, temperature, ...).
+            # 1. actor: K samples per prompt (trainer/common.py, as GRPO samples its groups).
             rollout = sample_groups(model, tokenizer, batch, cfg)
             prompts = [p for p in batch for _ in range(cfg.group_size)]
             t1 = time.perf_counter()
@@ -563,7 +417,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
             )
             t2 = time.perf_counter()
             if pairs:  # 5. DPO against the policy at the start of the iteration
-                reference = load(initial, dtype=torch.float32).to(device).eval()
+                reference = policy.load_initial()
                 reference.load_state_dict(model.state_dict())
                 reference.requires_grad_(False)
                 random.Random(f"{cfg.seed}-{it}").shuffle(pairs)

@@ -1,7 +1,8 @@
 """GRPO with the CISPO loss; rewards from the rlme service (RLME), a rule (RLVR), or both.
 
-Read top to bottom: config, the pure maths (advantages, loss), rollout,
-reward call, update, `train()`, `main()`. Run: `python -m rlme.trainer.grpo --config FILE`.
+Read top to bottom: config, the pure maths (advantages, loss), update, `train()`, `main()`;
+the reward call is trainer/rewards.py, what every trainer shares trainer/common.py.
+Run: `python -m rlme.trainer.grpo --config FILE`.
 
 Objective. Each step takes P prompts x_p and samples G responses y_{p,i} ~ π_old(·|x_p)
 at temperature τ (π_old = the policy at the start of the step). Rewards:
@@ -51,10 +52,8 @@ arXiv 2506.13585; RLME: Rentschler & Roberts 2026):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,9 +62,10 @@ from typing import Any, Literal
 import torch
 
 from rlme.trainer.common import (
-    TASK_RULES,
+    PolicyFields,
     Rollout,
     config_from,
+    load_policy,
     load_rows,
     mean,
     micro_batches,
@@ -75,43 +75,38 @@ from rlme.trainer.common import (
     step_rows,
     token_logprobs,
 )
-from rlme.trainer.outputs import plot_rewards, read_jsonl, write_jsonl
+from rlme.trainer.outputs import open_run, plot_rewards, write_jsonl
 from rlme.trainer.r_align import rewards as r_align_rewards
 from rlme.trainer.r_align import sft_warmup, training_rows
-from rlme.trainer.rules import NEEDS_REFERENCE, RULES
+from rlme.trainer.rewards import (
+    compute_rewards,
+    meta_questions,
+    monitor_alarm,
+    new_run_id,
+    resolve_rule,
+    reward_weights,
+)
+from rlme.trainer.rules import RULES
 
 STD_EPS = 1e-6
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(PolicyFields):
+    """GRPO's settings: the shared policy fields (trainer/common.py PolicyFields: model, data,
+    group_size, max_new_tokens, temperature, lr, micro_batch_size, max_grad_norm, live-self
+    evaluator, service, output_dir, resume, seed, device) and these."""
+
     algorithm: Literal["grpo"] = "grpo"
     """Chooses this trainer in `rlme train`; 'meta_rewarding' is trainer/dpo.py."""
-    model: str = "embedded"
-    """Initial policy: 'embedded' (SmolLM2-135M-Instruct, as the service uses it), a HF folder or .gguf."""
-    data: str = "polite"
-    """JSONL of {"prompt": str, "reference": str (optional)}, or a shipped task: 'polite', 'capitals',
-    'arith', 'lists'."""
-    group_size: int = 8
-    """G: responses sampled per prompt. Advantages compare responses within a group."""
     prompts_per_step: int = 4
     """P: prompts per step; a step's batch holds P·G responses."""
-    max_new_tokens: int = 64
-    """Longest response in tokens; longer ones are cut off and trained on as they are."""
-    temperature: float = 1.0
-    """Sampling temperature τ; the loss uses log-probs of the same tempered distribution."""
-    lr: float = 1e-5
-    """AdamW learning rate (constant)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the gradient norm of each optimiser step to this; 0 disables."""
     steps: int = 20
     """Training steps; each is one rollout, one reward call and `mu` optimiser steps."""
     mu: int = 2
     """Optimisation passes per batch. With mu >= 2 the policy leaves π_old, so ρ and its clip matter."""
-    micro_batch_size: int = 8
-    """Responses per forward/backward (gradients accumulate): memory only, not the maths."""
     eps_low: float = 1.0
     """CISPO: importance weights are clipped below at 1 - eps_low (1.0: no lower bound, as MiniMax-M1)."""
     eps_high: float = 0.28
@@ -156,42 +151,26 @@ class TrainConfig:
     Frozen self / frozen other / ensemble are service configs (docs/trainer.md)."""
     live_self_every: int = 0
     """Live self (RLME): every N steps save the policy to output_dir/live_self and have the service
-    reload `live_self_evaluator` from it (needs an admin key in $RLME_API_KEY, or anonymous use on
-    localhost, and a folder the service can read). 0: off."""
-    live_self_evaluator: str = "default"
-    """The service evaluator that follows the policy in live-self mode."""
-    base_url: str | None = None
-    """The rlme service; null: $RLME_BASE_URL, else http://127.0.0.1:8000."""
-    service_wait_s: float = 300.0
-    """How long to wait at start for the service's /health to report ready."""
+    reload `live_self_evaluator` from it. 0: off."""
     run: str | None = None
     """Run id for the service's run monitor (reward requests carry it and the step; the alarm
     is logged as `monitor/alarm` and shown in the progress bar). null: output_dir's folder name
     and the start time, made once and kept in output_dir/config.json, so a resumed run keeps it."""
-    output_dir: str = "runs/grpo"
-    """metrics.jsonl, samples.jsonl, tb/ (TensorBoard), rewards.png and checkpoints/ go here."""
     checkpoint_every: int = 0
     """Save a checkpoint every N steps; 0: only at the end (if save_final)."""
     save_final: bool = True
     """Save a checkpoint after the last step."""
-    resume: str | None = None
-    """A checkpoint folder (output_dir/checkpoints/step_N) to continue from: weights, optimiser, step."""
-    seed: int = 0
-    """Seeds prompt order, anchoring and sampling (reseeded every step, so a resumed run continues alike)."""
-    device: str = "auto"
-    """'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'. The policy is trained in float32."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.algorithm != "grpo":
             raise ValueError(
                 f"algorithm {self.algorithm!r}: this is the GRPO trainer ('meta_rewarding': trainer/dpo.py)"
             )
         if self.reward not in ("rlme", "rlvr", "mixture", "r_align"):
             raise ValueError(f"reward must be 'rlme', 'rlvr', 'mixture' or 'r_align', not {self.reward!r}")
-        if self.group_size < 2:
-            raise ValueError("group_size must be >= 2: advantages compare responses within a group")
-        if self.mu < 1 or self.steps < 1 or self.prompts_per_step < 1 or self.micro_batch_size < 1:
-            raise ValueError("mu, steps, prompts_per_step and micro_batch_size must be >= 1")
+        if self.mu < 1 or self.steps < 1 or self.prompts_per_step < 1:
+            raise ValueError("mu, steps and prompts_per_step must be >= 1")
         if not 0.0 <= self.anchor_fraction <= 1.0:
             raise ValueError(f"anchor_fraction must be in [0, 1], not {self.anchor_fraction}")
         if self.rule is not None and self.rule not in RULES:
@@ -199,11 +178,6 @@ class TrainConfig:
         if self.reward == "r_align" and self.rule not in (None, "judge_verdict"):
             raise ValueError(
                 f"the 'r_align' reward checks verdicts with the 'judge_verdict' rule, not {self.rule!r}"
-            )
-        if self.resume is not None and not (Path(self.resume) / "trainer_state.pt").is_file():
-            raise ValueError(
-                f"resume: {self.resume} is not a checkpoint of this trainer (no trainer_state.pt there); "
-                "checkpoints are written to output_dir/checkpoints/step_NNNNNN (checkpoint_every, save_final)"
             )
         if self.sft_steps and self.kl_coef > 0:
             raise ValueError(
@@ -279,131 +253,6 @@ def kl_k3(
     return ((torch.exp(d) - d - 1.0) * mask.to(logp.dtype)).sum() / num_tokens
 
 
-# ---------------------------------------------------------------- data and rollout
-
-
-def resolve_rule(cfg: TrainConfig, rows: list[dict[str, Any]]) -> str | None:
-    """The rule responses are checked with (TrainConfig.rule); an error now if it cannot run."""
-    has_references = all(r.get("reference") is not None for r in rows)
-    if cfg.reward == "r_align":
-        return "judge_verdict"
-    rule = cfg.rule or TASK_RULES.get(cfg.data) or ("reference" if has_references else None)
-    if rule in NEEDS_REFERENCE and not has_references:
-        raise ValueError(f"the {rule!r} rule needs a 'reference' on every data row")
-    if rule is None and reward_weights(cfg)[1] != 0:
-        raise ValueError(f"the {cfg.reward!r} reward needs a rule: set `rule`, or a 'reference' on every row")
-    return rule
-
-
-# ---------------------------------------------------------------- rewards
-
-
-def reward_weights(cfg: TrainConfig) -> tuple[float, float]:
-    """(w_rlme, w_rlvr): the one place the reward mode is interpreted."""
-    both = (cfg.rlme_weight, cfg.rlvr_weight)
-    return {"rlme": (1.0, 0.0), "rlvr": (0.0, 1.0), "mixture": both, "r_align": both}[cfg.reward]
-
-
-def meta_questions(client: Any, cfg: TrainConfig) -> list[Any]:
-    """The meta-questions the service will ask (inline, or the rubric's), for metrics and references."""
-    from rlme.client import MetaQuestion
-
-    if cfg.questions is not None:
-        return [MetaQuestion.model_validate(q) for q in cfg.questions]
-    rubrics = {r.name: r.questions for r in client.rubrics().rubrics}
-    if cfg.rubric not in rubrics:
-        raise ValueError(f"rubric {cfg.rubric!r} is not on the service; it has {sorted(rubrics)}")
-    return rubrics[cfg.rubric]
-
-
-def compute_rewards(
-    client: Any,
-    cfg: TrainConfig,
-    questions: list[Any],
-    prompts: list[str],
-    texts: list[str],
-    references: list[str | None],
-    anchored: list[bool],
-    rule: str | None,
-    step: int | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Rewards (B,) = w_rlme · service reward + w_rlvr · rule reward, and their metrics; NaN
-    where a score has low label mass (`mask_low_label_mass`): group_advantages gives it 0.
-
-    The rule check runs whenever there is a rule, also when it is not in the reward: it is
-    the independent measure that shows whether the evaluator's reward tracks the truth.
-    """
-    w_rlme, w_rlvr = reward_weights(cfg)
-    rewards = torch.zeros(len(texts))  # (B,)
-    metrics: dict[str, float] = {}
-    if w_rlme != 0:
-        needs_reference = any(q.requires_reference for q in questions)
-        items: list[dict[str, Any]] = [
-            {"prompt": p, "response": y, "reference": ref if (anchor or needs_reference) else None}
-            for p, y, ref, anchor in zip(prompts, texts, references, anchored, strict=True)
-        ]
-        inline = [q.model_dump() for q in questions] if cfg.questions is not None else None
-        rubric = None if inline else cfg.rubric  # inline questions win over the rubric
-        if rule is not None:  # the monitor measures how well p_yes agrees with the rule
-            for item, y, ref in zip(items, texts, references, strict=True):
-                item["rule_score"] = RULES[rule](y, ref)
-        answer = client.rewards(
-            items, questions=inline, rubric=rubric, evaluators=cfg.evaluators, run=run_id(cfg), step=step
-        )
-        rewards += w_rlme * torch.tensor(answer.rewards)
-        metrics["reward/rlme/mean"] = mean(answer.rewards)
-        # p_yes compares two answers the evaluator hardly gave: not a reward (NaN: advantage 0).
-        unanswered = torch.tensor([any(s.low_label_mass for s in r.scores) for r in answer.results])  # (B,)
-        metrics["reward/low_label_mass_frac"] = float(unanswered.float().mean())
-        if cfg.mask_low_label_mass:
-            rewards[unanswered] = math.nan
-        metrics["usage/evaluations"] = float(answer.usage.evaluations)
-        for q in dict.fromkeys(score.question for result in answer.results for score in result.scores):
-            scores = [[s for s in result.scores if s.question == q] for result in answer.results]
-            metrics[f"p_yes/{q}/mean"] = mean([s.p_yes for item in scores for s in item])
-            # This question's share of the reward, Σ_j v_j w_k log p_yes (not floored, unlike the service's).
-            terms = [sum(s.evaluator_weight * s.weight * math.log(max(s.p_yes, 1e-30)) for s in item)
-                     for item in scores]  # fmt: skip
-            metrics[f"reward/{q}/mean"] = mean(terms)
-    if rule is not None:
-        checks = [RULES[rule](y, ref) for y, ref in zip(texts, references, strict=True)]
-        metrics["rlvr/accuracy"] = mean(checks)
-        if w_rlvr != 0:
-            rewards += w_rlvr * torch.tensor(checks)
-            metrics["reward/rlvr/mean"] = mean(checks)
-    elif w_rlvr != 0:
-        raise ValueError("the rule reward needs a rule (see resolve_rule)")
-    return rewards, metrics
-
-
-def run_id(cfg: TrainConfig) -> str:
-    """`run` as a run id the service accepts (train() fills it in when it is null)."""
-    name = cfg.run or Path(cfg.output_dir).resolve().name
-    cleaned = re.sub(r"[^A-Za-z0-9._:-]", "-", name).lstrip("._:-")[:64]
-    return cleaned or "run"
-
-
-def new_run_id(cfg: TrainConfig, out: Path) -> str:
-    """The run id of an earlier run in `out` being resumed, else a new one: the folder's
-    name and the start time, so two runs into one folder never share statistics."""
-    previous = out / "config.json"
-    if cfg.resume and previous.is_file():
-        earlier = json.loads(previous.read_text()).get("run")
-        if earlier:
-            return str(earlier)
-    return f"{Path(cfg.output_dir).resolve().name[:48]}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def monitor_alarm(client: Any, cfg: TrainConfig) -> str | None:
-    """The service's alarm for this run (ok / watch / alarm), None where it has no monitor."""
-    from rlme.client import RLMEError
-
-    try:
-        return str(client.run_report(run_id(cfg)).alarm)
-    except RLMEError:  # an older service, a test double, a hiccup: it is only a report
-        return None
-
-
 # ---------------------------------------------------------------- update and checkpoints
 
 
@@ -441,13 +290,9 @@ def cispo_update(
 
 def train(cfg: TrainConfig, client: Any = None) -> Any:
     """Run GRPO + CISPO and return the trained model. `client`: a RewardClient (default: base_url's)."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlme.client import RewardClient
-    from rlme.service.model_store import resolve_model
-    from rlme.service.settings import Settings
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -456,25 +301,11 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
     )
     rule = resolve_rule(cfg, rows)
     G = cfg.group_size
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if cfg.device == "auto" else cfg.device)
-    initial = resolve_model(cfg.model, Settings.load().cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.resume or initial)
-    tokenizer.padding_side = "left"  # generation appends to the right end of every row
-    load: Any = AutoModelForCausalLM.from_pretrained  # Any: transformers' `.to` stubs confuse mypy
-    model = load(cfg.resume or initial, dtype=torch.float32).to(device)
-    model.eval()  # Llama/SmolLM2 have no dropout: rollout and update see the same function
+    policy = load_policy(cfg, cfg.weight_decay)
+    model, tokenizer, optimizer, start = policy.model, policy.tokenizer, policy.optimizer, policy.start
     ref_model: Any = None
     if cfg.kl_coef > 0:  # π_ref is the initial policy, also when resuming
-        ref_model = load(initial, dtype=torch.float32).to(device).eval()
-        ref_model.requires_grad_(False)
-    # fused: one kernel for all parameters, ~10x faster than the default on CPU (measured).
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    start = 1
-    if cfg.resume:
-        state = torch.load(Path(cfg.resume) / "trainer_state.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"] + 1
+        ref_model = policy.load_initial().requires_grad_(False)
 
     owns_client = client is None and reward_weights(cfg)[0] != 0
     if owns_client:
@@ -487,11 +318,7 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
 
     if cfg.run is None:
         cfg.run = new_run_id(cfg, out)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    for name in ("metrics.jsonl", "samples.jsonl"):  # a resumed run redoes later steps; a new one all
-        write_jsonl(out / name, [r for r in read_jsonl(out / name) if r["step"] < start])
-    history = read_jsonl(out / "metrics.jsonl")
-    writer = SummaryWriter(str(out / "tb"), purge_step=start)
+    history, writer = open_run(out, asdict(cfg), start, ("metrics.jsonl", "samples.jsonl"), "step")
     bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps, desc="grpo")
     try:
         for step in bar:
@@ -524,7 +351,7 @@ def train(cfg: TrainConfig, client: Any = None) -> Any:
                 )  # (B,)
             t2 = time.perf_counter()
             by_group = rewards.view(-1, G)  # (P, G)
-            advantages = group_advantages(by_group, cfg.scale_rewards).view(-1).to(device)  # (B,)
+            advantages = group_advantages(by_group, cfg.scale_rewards).view(-1).to(policy.device)  # (B,)
             passes = [
                 cispo_update(model, optimizer, rollout, old_logp, ref_logp, advantages, cfg)
                 for _ in range(cfg.mu)

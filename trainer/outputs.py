@@ -1,5 +1,5 @@
-"""What a training run writes besides checkpoints: JSONL records, the GRPO reward curves and the
-Meta-Rewarding per-iteration figure."""
+"""What a training run writes besides checkpoints: its config copy, JSONL records (resumable),
+TensorBoard, the GRPO reward curves and the Meta-Rewarding per-iteration figure."""
 
 from __future__ import annotations
 
@@ -64,3 +64,16 @@ def plot_iterations(history: list[dict[str, float]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def open_run(out: Path, config: dict[str, Any], start: int, files: tuple[str, ...], key: str) -> Any:
+    """Start (or resume at `start`) a run's files in `out`: config.json; each JSONL in `files`
+    keeps its records before `start` (by `key`: a resumed run redoes later steps, a new one
+    all); returns (the metrics history so far, a TensorBoard writer purged from `start`)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for name in files:
+        write_jsonl(out / name, [r for r in read_jsonl(out / name) if r[key] < start])
+    return read_jsonl(out / "metrics.jsonl"), SummaryWriter(str(out / "tb"), purge_step=start)
