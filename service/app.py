@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from rlme.service.auth import KeyRing
-from rlme.service.calibration import CalibrationStore
+from rlme.service.calibration import CalibrationStore, SharedCalibrations
 from rlme.service.errors import install_error_handlers
 from rlme.service.evaluators import EvaluatorPool
 from rlme.service.judging.service import JudgeService
 from rlme.service.metrics import Metrics
 from rlme.service.middleware import RequestContextMiddleware
 from rlme.service.monitoring.monitor import RunMonitor
+from rlme.service.monitoring.shared import SharedRuns
 from rlme.service.routes import admin, calibrations, compat, info, judges, rewards, runs
 from rlme.service.scoring import RewardScorer
 from rlme.service.settings import Settings
@@ -60,8 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = KeyRing(settings)
     tenants = Tenants(settings, on_store_error=metrics.quota_store_errors.inc)
     db_path = settings.monitoring.db_path or settings.cache_dir / "runs.sqlite"
-    monitor = RunMonitor(settings.monitoring, db_path, metrics)
-    fitted = CalibrationStore(settings.calibrations_path or settings.cache_dir / "calibrations.json")
+    shared_runs, shared_fits = shared_state(settings, db_path, metrics)
+    monitor = RunMonitor(settings.monitoring, db_path, metrics, shared_runs)
+    fitted = CalibrationStore(
+        settings.calibrations_path or settings.cache_dir / "calibrations.json", shared_fits
+    )
     if fitted.store_error is not None:
         metrics.store_broken.labels("calibrations").set(1)
     app.state.scorer = RewardScorer(settings, pool, metrics, tenants, monitor, fitted)
@@ -78,3 +84,60 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes
     )
     return app
+
+
+def shared_state(
+    settings: Settings, db_path: Path, metrics: Metrics
+) -> tuple[SharedRuns | None, SharedCalibrations | None]:
+    """The run statistics and calibrations every replica shares (`state_store: redis`)."""
+    config = settings.state_store
+    if config.backend != "redis":
+        return None, None
+    metrics.state_store_up.set(1)
+
+    def runs_state(up: bool) -> None:
+        metrics.state_store_up.set(1 if up else 0)
+        if not up:
+            metrics.state_store_errors.labels("runs").inc()
+
+    replica = config.replica_id or f"{socket.gethostname()}:{db_path}"
+    if config.replica_id is None:
+        hold_replica_lock(db_path)
+    runs = SharedRuns(
+        config.redis_url,
+        config.key_prefix + "run:",
+        replica,
+        config.ttl_days * 86400,
+        config.retry_s,
+        config.timeout_s,
+        runs_state,
+    )
+    fits = SharedCalibrations(
+        config.redis_url,
+        config.key_prefix,
+        config.retry_s,
+        config.timeout_s,
+        metrics.state_store_errors.labels("calibrations").inc,
+    )
+    return runs, fits
+
+
+_held: list[object] = []  # the lock files of this process's replicas, held until it exits
+
+
+def hold_replica_lock(db_path: Path) -> None:
+    """Two processes on one host with one runs file would share a replica id and overwrite
+    each other's parts in the shared store: refuse the second."""
+    import fcntl
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(db_path.with_name(db_path.name + ".replica-lock"), "a")  # noqa: SIM115 (held open)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ValueError(
+            f"state_store: another service process on this host uses {db_path}; give each replica its "
+            "own monitoring.db_path (or cache_dir), or a state_store.replica_id of its own"
+        ) from None
+    _held.append(handle)

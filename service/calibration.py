@@ -1,5 +1,7 @@
 """Calibration of p_yes: Platt scaling on the logit, fitted on labelled items, and the
-file the fitted maps are kept in.
+file the fitted maps are kept in (shared by every replica through Redis with
+`state_store: redis`: a map fitted on one replica is used by the others at their next
+calibrated request).
 
 p_calibrated = sigmoid(a * logit(p_yes) + b): a > 1 sharpens an evaluator that hedges,
 b moves its base rate. Fitted by Newton's method on the log loss against Platt's smoothed
@@ -19,9 +21,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rlme.client.wire import ItemResult
 from rlme.client.wire.calibration import Calibration
+from rlme.service.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +190,9 @@ class CalibrationStore:
     refuses to fit (`store_error` says why and how to fix it) and rewards are served as usual.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, shared: SharedCalibrations | None = None) -> None:
         self.path = path
+        self.shared = shared
         self._lock = threading.Lock()
         self._fits: dict[tuple[str, str], Calibration] = {}
         self.store_error: str | None = None
@@ -205,6 +210,14 @@ class CalibrationStore:
                 )
                 log.error("calibrations: %s", self.store_error)
 
+    def refresh(self) -> None:
+        """Take up what other replicas fitted (a no-op without a shared store)."""
+        if self.shared is not None and self.store_error is None:
+            fits = self.shared.read(self._fits)
+            if fits is not None:
+                with self._lock:
+                    self._fits = fits
+
     def get(self, evaluator: str, question: str) -> Calibration | None:
         return self._fits.get((evaluator, question))
 
@@ -214,6 +227,8 @@ class CalibrationStore:
     def put(self, fits: Sequence[Calibration]) -> None:
         if self.store_error is not None:
             raise RuntimeError(self.store_error)
+        if self.shared is not None:
+            self.shared.write(fits)  # raises while the store is down: not acknowledged
         with self._lock:
             for fit in fits:
                 self._fits[(fit.evaluator, fit.question)] = fit
@@ -223,3 +238,73 @@ class CalibrationStore:
             partial = self.path.with_suffix(".partial")
             partial.write_text(json.dumps([f.model_dump() for f in self.all()], indent=1))
             os.replace(partial, self.path)  # a reader never sees half a file
+
+
+_UNREAD = object()
+
+
+class SharedCalibrations:
+    """The fitted maps in a Redis hash (field: [evaluator, question] as JSON) and a version
+    counter, so a replica reads the hash again only when another one has written to it."""
+
+    def __init__(self, url: str, prefix: str, retry_s: float, timeout_s: float, on_error: Any = None) -> None:
+        import redis
+
+        self._redis: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._key, self._version_key = f"{prefix}calibrations", f"{prefix}calibrations:v"
+        self._seen: object = _UNREAD
+        self._offered = False  # this replica's file offered to the store (once)
+        self._retry_s, self._down_until = retry_s, 0.0
+        self._on_error = on_error
+        self.url = url
+
+    def read(self, mine: Mapping[tuple[str, str], Calibration]) -> dict[tuple[str, str], Calibration] | None:
+        """Every replica's fits when they changed since the last read; None: unchanged or down."""
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            if not self._offered:  # fits from this replica's file that the store lacks
+                for fit in mine.values():
+                    self._redis.hsetnx(
+                        self._key, json.dumps([fit.evaluator, fit.question]), fit.model_dump_json()
+                    )
+                self._offered = True
+            version = self._redis.get(self._version_key)
+            if version == self._seen:
+                return None
+            rows = self._redis.hgetall(self._key)
+        except Exception as exc:  # redis errors, timeouts
+            self._failed(exc)
+            return None
+        self._seen = version
+        fits = {}
+        for text in rows.values():
+            try:
+                fit = Calibration.model_validate_json(text)
+            except ValueError as exc:
+                log.warning("shared calibrations: an unreadable entry skipped: %s", exc)
+                continue
+            fits[(fit.evaluator, fit.question)] = fit
+        return fits
+
+    def write(self, fits: Sequence[Calibration]) -> None:
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                for fit in fits:
+                    pipe.hset(self._key, json.dumps([fit.evaluator, fit.question]), fit.model_dump_json())
+                pipe.incr(self._version_key)
+                pipe.execute()
+        except Exception as exc:
+            self._failed(exc)
+            raise StoreUnavailable(
+                f"the shared state store at {self.url} did not answer ({type(exc).__name__}); the "
+                "calibrations were fitted but not kept: retry when it is back"
+            ) from None
+
+    def _failed(self, exc: Exception) -> None:
+        self._down_until = time.monotonic() + self._retry_s
+        log.error("shared calibrations at %s failed (%r)", self.url, exc)
+        if self._on_error is not None:
+            self._on_error()

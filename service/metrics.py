@@ -152,6 +152,38 @@ class Metrics:
             "Quota checks that could not reach the shared store (the request was admitted unchecked).",
             registry=r,
         )
+        self.state_store_errors = Counter(
+            "rlme_state_store_errors",
+            "Operations on the shared state store (state_store: redis) that failed, by what it held "
+            "(runs, calibrations): monitoring is degraded to this replica's view until it is back.",
+            ["store"],
+            registry=r,
+        )
+        self.state_store_up = Gauge(
+            "rlme_state_store_up",
+            "1 while the shared state store (state_store: redis) answers, 0 while it does not; "
+            "absent with state_store: local.",
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "rlme_cache_lookups",
+            "Reward cache lookups per evaluation: result hit or miss (cache.enabled).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "rlme_cache_evictions",
+            "Results evicted from the in-memory reward cache (size bound).",
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "rlme_cache_bytes", "Bytes held by the in-memory reward cache (keys and values).", registry=r
+        )
+        self.deduplicated = Counter(
+            "rlme_deduplicated_evaluations",
+            "Evaluations that were identical to another in the same batch and computed once.",
+            registry=r,
+        )
         self.rejected = Counter(
             "rlme_rejected_requests", "Requests answered with an error.", ["code"], registry=r
         )

@@ -71,6 +71,13 @@ class RewardScorer(ServingBase):
         statuses = {"calibrations": self.calibrations.store_error or "ok"}
         if self.monitor is not None and self.monitor.config.enabled:
             statuses["runs"] = self.monitor.store_error or "ok"
+            shared = self.monitor.shared
+            if shared is not None:
+                statuses["shared"] = (
+                    "ok"
+                    if shared.up
+                    else f"{shared.url} does not answer: run statistics are this replica's own until it does"
+                )
         return statuses
 
     def plan(self, request: RewardRequest) -> Plan:
@@ -91,6 +98,7 @@ class RewardScorer(ServingBase):
         for i, item in enumerate(request.items):
             self._check_item(i, item, needs_reference)
         if request.calibrated:
+            self.calibrations.refresh()  # what another replica fitted counts at once
             missing = [
                 f"{e.name}/{q.id}" for e, _ in evaluators for q in questions if not self._calibration(e, q)
             ]

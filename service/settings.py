@@ -217,6 +217,48 @@ class RateStoreConfig(_Strict):
     key_prefix: str = Field("rlme:rate:", description="Redis keys are this + the tenant name.")
 
 
+class StateStoreConfig(_Strict):
+    """Where the run monitor's statistics and the calibrations are shared (docs/deployment.md)."""
+
+    backend: Literal["local", "redis"] = Field(
+        "local",
+        description="local: this replica's SQLite and JSON files (one replica); redis: shared by every "
+        "replica, each still keeping its own files so nothing it acknowledged is lost while Redis is down.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="For backend redis.")
+    key_prefix: str = Field("rlme:state:", description="Every key this store writes starts with it.")
+    replica_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="This replica's name in the shared store; default: the host name and the runs "
+        "file's path, stable across restarts of one replica.",
+    )
+    ttl_days: float = Field(30.0, gt=0, description="A run untouched this long leaves the shared store.")
+    retry_s: float = Field(
+        2.0, gt=0, description="After a failure, the store is not asked again for this long."
+    )
+    timeout_s: float = Field(0.25, gt=0, le=5, description="Per Redis call; the monitor waits at most this.")
+
+
+class CacheConfig(_Strict):
+    """The reward cache (service/result_cache.py, docs/configuration.md)."""
+
+    enabled: bool = Field(False, description="Serve an evaluation computed before instead of computing it.")
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: this replica, bounded by max_bytes; redis: shared by every replica."
+    )
+    max_bytes: int = Field(64 * 2**20, ge=1024, description="Memory backend: keys and values held at most.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="For backend redis.")
+    key_prefix: str = Field("rlme:cache:", description="Every key the cache writes starts with it.")
+    ttl_s: float = Field(86400.0, gt=0, description="Redis backend: a cached result expires after this.")
+    sampled_judgments: bool = Field(
+        False,
+        description="Cache judgments sampled at temperature > 0 that carry no seed (they would repeat "
+        "one sample); with a seed they are cached anyway.",
+    )
+
+
 class ApiKeyConfig(_Strict):
     tenant: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key (`rlme keys new`).")
@@ -271,6 +313,10 @@ class Settings(BaseSettings):
     rate_store: RateStoreConfig = Field(
         default_factory=RateStoreConfig, description="Where evaluations/s quotas are counted."
     )
+    state_store: StateStoreConfig = Field(
+        default_factory=StateStoreConfig, description="Where run statistics and calibrations are shared."
+    )
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="The reward cache (off by default).")
     default_tenant: TenantConfig = Field(
         default_factory=TenantConfig, description="Limits of tenants not listed in `tenants`."
     )

@@ -12,6 +12,10 @@ and each run's latest `max_steps` steps. An evicted run is read back from SQLite
 is asked for or written again. A file that is not a usable database is left untouched:
 the monitor keeps runs in memory only and says so (`store_error`, /health/ready, a metric).
 
+With `state_store: redis` every replica also writes its part of each step to Redis and
+reads the others' (monitoring/shared.py): the statistics, alarm and page of a run whose
+steps landed on several replicas are those one replica would have computed.
+
 Prometheus sees how many runs of each tenant are at each alarm level (`rlme_runs`); run
 ids, which callers choose, become label values only when `monitoring.run_metric_labels`.
 """
@@ -32,6 +36,7 @@ from rlme.client.wire.runs import Alarm, RunReport
 from rlme.service.metrics import Metrics
 from rlme.service.monitoring.canaries import prompt_text
 from rlme.service.monitoring.probes import AnchorPair, CanaryScore, mean_p_yes
+from rlme.service.monitoring.shared import SharedRuns
 from rlme.service.monitoring.signals import LEVELS, Thresholds, run_alarm, signals
 from rlme.service.monitoring.stats import StepStats
 from rlme.service.settings import MonitoringConfig
@@ -43,8 +48,15 @@ RunKey = tuple[str, str]  # (tenant, run id)
 
 
 class RunMonitor:
-    def __init__(self, config: MonitoringConfig, db_path: Path | None, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: MonitoringConfig,
+        db_path: Path | None,
+        metrics: Metrics,
+        shared: SharedRuns | None = None,
+    ) -> None:
         self.config = config
+        self.shared = shared
         self.thresholds: Thresholds = config  # the settings' section is a Thresholds
         self._runs: OrderedDict[RunKey, dict[int, StepStats]] = OrderedDict()
         self._levels: dict[RunKey, Alarm] = {}  # the alarm of each run in memory
@@ -111,7 +123,7 @@ class RunMonitor:
         with self._lock:
             if run not in self._runs and not self._stored(run):
                 return None
-            steps = self._steps(run)
+            steps = self._view(run)
             summaries = [steps[s].summary(s) for s in sorted(steps)]
             recent = sorted(steps)[-self.thresholds.window :]
             samples = [sample for s in recent for sample in steps[s].sample_list()]
@@ -130,7 +142,7 @@ class RunMonitor:
         with self._lock:
             # The alarm reads only the first and last steps: summarise just those. Steps with
             # anchors, canaries or rule scores may be other than the first and last `window`.
-            steps = self._steps(run)
+            steps = self._view(run)
             keys = sorted(steps)
             window = self.thresholds.window
             ends = set(keys if len(keys) <= 2 * window else keys[:window] + keys[-window:])
@@ -140,15 +152,17 @@ class RunMonitor:
             summaries = [steps[s].summary(s) for s in sorted(ends)]
         level = run_alarm(signals(summaries, self.thresholds))
         with self._lock:  # the alarm as of the run's latest step: the history the page plots
-            steps = self._steps(run)
             self._set_level(run, level)
             latest = max(steps, default=None)
             if latest is not None and steps[latest].alarm != level:
-                steps[latest].alarm = level
-                self._save(run, latest, steps[latest])
+                own = self._steps(run).setdefault(latest, StepStats())  # the latest may be another's
+                own.set_alarm(level, time.time())
+                self._save(run, latest, own)
         return level
 
     def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -175,6 +189,23 @@ class RunMonitor:
                 "run monitor: run %r of tenant %r raised its alarm (GET /v1/runs/%s)", run[1], tenant, run[1]
             )
 
+    def _view(self, run: RunKey) -> dict[int, StepStats]:
+        """The run's latest `max_steps` steps: this replica's, merged with the other replicas'
+        parts when the state is shared."""
+        own = self._steps(run)
+        if self.shared is None:
+            return own
+        others = self.shared.others(run)
+        if not others:
+            return own
+        keys = sorted(set(own) | set(others))[-self.config.max_steps :]
+        return {
+            step: StepStats.merged(
+                ([own[step]] if step in own else []) + [p for _, p in sorted(others.get(step, {}).items())]
+            )
+            for step in keys
+        }
+
     def _steps(self, run: RunKey) -> dict[int, StepStats]:
         if run in self._runs:
             self._runs.move_to_end(run)
@@ -184,9 +215,13 @@ class RunMonitor:
         while len(self._runs) > self.config.max_runs:
             evicted, _ = self._runs.popitem(last=False)
             self._set_level(evicted, None)
+            if self.shared is not None:
+                self.shared.forget(evicted)
         return steps
 
     def _stored(self, run: RunKey) -> bool:
+        if self.shared is not None and self.shared.exists(run):
+            return True
         if self._db is None:
             return False
         found = self._db.execute(
@@ -211,6 +246,8 @@ class RunMonitor:
         return steps
 
     def _save(self, run: RunKey, step: int, stats: StepStats) -> None:
+        if self.shared is not None:
+            self.shared.put(run, step, stats)
         if self._db is None:
             return
         try:

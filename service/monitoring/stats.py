@@ -6,7 +6,8 @@ constant memory) and of the label mass. Pairs of (mean p_yes, rule_score) are ke
 the rule-agreement AUC, at most `MAX_RULE_PAIRS` per step. Anchored items scored again
 without their reference, and canaries, add their own sums; a few samples (the
 highest-rewarded responses, one canary per kind) are kept for the run's page. Everything
-is JSON, so a step is one SQLite row.
+is JSON, so a step is one SQLite row; replicas that each saw part of a step merge their
+parts (`StepStats.merged`) into what one replica would have seen.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class StepStats:
     samples: list[dict[str, Any]] = field(default_factory=list)
     tenants: list[str] = field(default_factory=list)  # who tagged it, in files before per-tenant runs
     alarm: str | None = None  # the run's alarm as of this step
+    alarm_at: float = 0.0  # when it was set: of several replicas' parts of a step, the latest wins
 
     def add_item(self, reward: float, response: str, p_mean: float, rule_score: float | None) -> None:
         self.items += 1
@@ -143,6 +145,48 @@ class StepStats:
         if not any(s["kind"] == kind for s in self.samples):
             self.samples.append(_sample(step, kind, prompt, text, None, canary))
 
+    def set_alarm(self, level: str, now: float) -> None:
+        self.alarm, self.alarm_at = level, now
+
+    @classmethod
+    def merged(cls, parts: list[StepStats]) -> StepStats:
+        """One step observed in parts (by several replicas) as one replica would have seen it:
+        counts, sums and histograms add; rule pairs are taken in order up to MAX_RULE_PAIRS;
+        the TOP_SAMPLES highest-rewarded responses and one canary sample per kind are kept;
+        the alarm is the one set last."""
+        if len(parts) == 1:
+            return parts[0]
+        out = cls()
+        for part in parts:
+            out.items += part.items
+            out.reward_sum += part.reward_sum
+            out.chars_sum += part.chars_sum
+            out.markdown += part.markdown
+            out.repetition_sum += part.repetition_sum
+            out.rule_items += part.rule_items
+            out.rule_passes += part.rule_passes
+            out.rule_pairs.extend(part.rule_pairs[: MAX_RULE_PAIRS - len(out.rule_pairs)])
+            for key, q in part.questions.items():
+                mine = out.question(key)
+                mine.evaluations += q.evaluations
+                mine.p_sum += q.p_sum
+                mine.hist = [a + b for a, b in zip(mine.hist, q.hist, strict=True)]
+                mine.mass_sum += q.mass_sum
+                mine.low += q.low
+            out.anchor = [a + b for a, b in zip(out.anchor, part.anchor, strict=True)]
+            for kind, sums in part.canaries.items():
+                mine_sums = out.canaries.setdefault(kind, [0, 0.0, 0.0])
+                out.canaries[kind] = [a + b for a, b in zip(mine_sums, sums, strict=True)]
+            for sample in part.samples:
+                if sample["kind"] != "top" and not any(s["kind"] == sample["kind"] for s in out.samples):
+                    out.samples.append(sample)
+            out.tenants.extend(t for t in part.tenants if t not in out.tenants)
+            if part.alarm is not None and part.alarm_at >= out.alarm_at:
+                out.alarm, out.alarm_at = part.alarm, part.alarm_at
+        tops = sorted((s for part in parts for s in part.samples if s["kind"] == "top"), key=_rank)
+        out.samples = tops[:TOP_SAMPLES] + out.samples
+        return out
+
     def question(self, key: str) -> QuestionStats:
         return self.questions.setdefault(key, QuestionStats())
 
@@ -177,7 +221,10 @@ class StepStats:
         return passing, len(self.rule_pairs) - passing
 
     def sample_list(self) -> list[Sample]:
-        return [Sample(**s) for s in self.samples]
+        """The highest-rewarded first, then one canary per kind (an order every replica agrees on)."""
+        tops = sorted((s for s in self.samples if s["kind"] == "top"), key=_rank)
+        canaries = sorted((s for s in self.samples if s["kind"] != "top"), key=lambda s: s["kind"])
+        return [Sample(**s) for s in tops + canaries]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +237,10 @@ class StepStats:
         if "rule_items" not in data:  # a row from before the counts were kept: its pairs say
             data["rule_items"], data["rule_passes"] = len(pairs), sum(r >= 0.5 for _, r in pairs)
         return cls(**data, rule_pairs=pairs, questions=questions)
+
+
+def _rank(sample: dict[str, Any]) -> tuple[float, str, str]:
+    return -sample["reward"], sample["prompt"], sample["response"]
 
 
 def _anchor_step(sums: list[float]) -> AnchorStep | None:

@@ -45,4 +45,5 @@ async def calibrate(body: CalibrationRequest, scorer: ScorerDep, who: AdminDep) 
 @router.get("/v1/calibrations")
 async def calibrations(scorer: ScorerDep, who: PrincipalDep) -> CalibrationList:
     """The fitted calibrations, with the held-out ECE they were fitted with."""
+    scorer.calibrations.refresh()
     return CalibrationList(calibrations=scorer.calibrations.all())
