@@ -20,6 +20,7 @@ from rlme.service.metrics import Metrics
 from rlme.service.middleware import RequestContextMiddleware
 from rlme.service.monitoring.monitor import RunMonitor
 from rlme.service.monitoring.shared import SharedRuns
+from rlme.service.result_cache import ResultCache
 from rlme.service.routes import admin, calibrations, compat, info, judges, rewards, runs
 from rlme.service.scoring import RewardScorer
 from rlme.service.settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # engine has no caller waiting, so it gets a moment, then is aborted.
             await pool.stop(grace_s=min(1.0, settings.shutdown_grace_s))
             await tenants.rates.aclose()
+            await cache.aclose()
             monitor.close()
 
     app = FastAPI(title="rlme", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
@@ -70,8 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if fitted.store_error is not None:
         metrics.store_broken.labels("calibrations").set(1)
-    app.state.scorer = RewardScorer(settings, pool, metrics, tenants, monitor, fitted)
-    app.state.judge = JudgeService(settings, pool, metrics, tenants)
+    cache = ResultCache(settings.cache, metrics)  # one for every family of routes
+    app.state.scorer = RewardScorer(settings, pool, metrics, tenants, monitor, fitted, cache)
+    app.state.judge = JudgeService(settings, pool, metrics, tenants, cache)
     install_error_handlers(app)
     app.include_router(rewards.router)
     app.include_router(judges.router)

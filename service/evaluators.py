@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class Evaluator:
         self.cache_dir = cache_dir
         self.loaded = False
         self.generation = 0  # how many times the weights were reloaded
+        self._identity: tuple[int, str] | None = None
         self.startup_label_mass: float | None = None  # set by the label check at load
         self._reload_lock = asyncio.Lock()
         concurrency = config.batching.max_concurrent_batches or DEFAULT_CONCURRENCY[config.backend]
@@ -68,6 +70,14 @@ class Evaluator:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def identity(self) -> str:
+        """What the reward cache keys this evaluator's results by: its name, model, the model
+        files' sizes and modification times, and its reload count."""
+        if self._identity is None or self._identity[0] != self.generation:
+            self._identity = (self.generation, model_identity(self.config, self.generation))
+        return self._identity[1]
 
     def _watch_replicas(self) -> None:
         """rlme_remote_replica_up per server of a remote pool, read at each scrape."""
@@ -225,3 +235,15 @@ class EvaluatorPool:
         await asyncio.gather(*(e.batcher.stop(grace_s) for e in self.evaluators.values()))
         for evaluator in self.evaluators.values():
             await _close(evaluator.backend)
+
+
+def model_identity(config: EvaluatorConfig, generation: int) -> str:
+    path = Path(config.model)
+    files: list[str] = []
+    if path.exists():
+        found = sorted(path.iterdir()) if path.is_dir() else [path]
+        for f in found:
+            if f.is_file():
+                stat = f.stat()
+                files.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return json.dumps([config.name, config.backend, config.model, generation, files])

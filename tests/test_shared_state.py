@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from test_rate_store import redis_binary
 
 from rlme.client.wire import Item, ItemResult, RewardRequest
 from rlme.client.wire.calibration import Calibration
@@ -28,41 +26,7 @@ from rlme.service.monitoring.shared import SharedRuns
 from rlme.service.monitoring.stats import StepStats
 from rlme.service.settings import MonitoringConfig
 
-from support import free_port, start_server
-
-
-class Redis:
-    """A redis-server on a fixed port that a test can stop and start again."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port, self.folder = free_port(), folder
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        command = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                   "--dir", str(self.folder)]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert self.process.poll() is None and time.monotonic() < deadline, (
-                    "redis-server did not start"
-                )
-                time.sleep(0.05)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
+from support import Redis, start_server
 
 
 @pytest.fixture

@@ -163,6 +163,14 @@ class Usage(BaseModel):
     evaluations: int
     prompt_tokens: int
     cached_prompt_tokens: int
+    deduplicated_evaluations: int = Field(
+        default=0,
+        description="Evaluations identical to another in flight (in this request or one beside it), "
+        "computed once and shared.",
+    )
+    cached_evaluations: int = Field(
+        default=0, description="Evaluations served from the reward cache (`cache.enabled`), not computed."
+    )
 
 
 class RewardResponse(BaseModel):

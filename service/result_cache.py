@@ -1,0 +1,135 @@
+"""No evaluation computed twice: identical scoring work is computed once and fanned out, and
+(with `cache.enabled`) a result computed before is served again.
+
+An evaluation is identified by a content hash of the evaluator's identity (its name, model,
+the model files' sizes and times, its reload count), every token id of its rendered
+sequences and the label token ids it reads: a change of template, system prompt, question,
+reference or weights changes the key. The value is the label log-probabilities only (never
+text), so a tenant is served from the cache only what its own request would have computed.
+
+- Identical tasks of one request, and of requests in flight at once, share one computation
+  (always on: scoring is deterministic, and the batch would compute the same numbers).
+- The cache (off by default) keeps results in memory up to `max_bytes` (least recently used
+  evicted, counted), or in Redis shared by every replica (`backend: redis`, `ttl_s`); a Redis
+  that does not answer is a miss. Judges' generations are not cached (their verdict reads are).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from rlme.service.backends.base import LabelLogprobs, LabelTokens, ScoringTask, TaskResult
+from rlme.service.metrics import Metrics
+from rlme.service.settings import CacheConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tally:
+    """What a request did not compute: evaluations fanned out from an identical one in flight
+    (deduplicated) and evaluations served from the cache (cached)."""
+
+    deduplicated: int = 0
+    cached: int = 0
+
+
+def task_key(identity: str, task: ScoringTask, default_labels: LabelTokens) -> str:
+    digest = hashlib.sha256(identity.encode())
+    for sequence in task.sequences:
+        digest.update(b"|s")
+        digest.update(json.dumps(sequence).encode())
+    digest.update(b"|l" + json.dumps(task.labels_or(default_labels)).encode())
+    return digest.hexdigest()
+
+
+def encode(result: TaskResult) -> bytes:
+    return json.dumps([list(score.logps) for score in result.scores]).encode()  # repr floats: exact
+
+
+def decode(value: bytes, task: ScoringTask) -> TaskResult:
+    scores = tuple(LabelLogprobs(tuple(float(v) for v in logps)) for logps in json.loads(value))
+    return TaskResult(scores=scores, cached_prompt_tokens=task.prompt_tokens)
+
+
+class ResultCache:
+    def __init__(self, config: CacheConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._inflight: dict[str, asyncio.Future[TaskResult]] = {}
+        self._redis: Any = None
+        if config.enabled and config.backend == "redis":
+            import redis.asyncio as redis
+
+            self._redis = redis.from_url(config.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    def inflight(self, key: str) -> asyncio.Future[TaskResult] | None:
+        return self._inflight.get(key)
+
+    def start(self, key: str) -> asyncio.Future[TaskResult]:
+        future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        return future
+
+    def finish(self, key: str, outcome: object) -> None:
+        future = self._inflight.pop(key, None)
+        if future is None or future.done():
+            return
+        if isinstance(outcome, TaskResult):
+            future.set_result(outcome)
+        else:  # the sharers see the same failure as the request that computed it
+            future.set_exception(
+                outcome if isinstance(outcome, BaseException) else RuntimeError(str(outcome))
+            )
+            future.exception()  # retrieved: no warning when no one else waited
+
+    async def get(self, key: str) -> bytes | None:
+        if not self.config.enabled:
+            return None
+        value: bytes | None = None
+        if self._redis is not None:
+            try:
+                value = await self._redis.get(self.config.key_prefix + key)
+            except Exception as exc:  # a cache that does not answer is a miss
+                self._failed(exc)
+        elif key in self._memory:
+            self._memory.move_to_end(key)
+            value = self._memory[key]
+        self.metrics.cache_lookups.labels("hit" if value is not None else "miss").inc()
+        return value
+
+    async def put(self, key: str, result: TaskResult) -> None:
+        if not self.config.enabled:
+            return
+        value = encode(result)
+        if self._redis is not None:
+            try:
+                await self._redis.set(self.config.key_prefix + key, value, ex=int(self.config.ttl_s))
+            except Exception as exc:
+                self._failed(exc)
+            return
+        if key in self._memory:
+            return
+        self._memory[key] = value
+        self._bytes += len(key) + len(value)
+        while self._bytes > self.config.max_bytes and self._memory:
+            old, old_value = self._memory.popitem(last=False)
+            self._bytes -= len(old) + len(old_value)
+            self.metrics.cache_evictions.inc()
+        self.metrics.cache_bytes.set(self._bytes)
+
+    def _failed(self, exc: Exception) -> None:
+        self.metrics.state_store_errors.labels("cache").inc()
+        log.warning("reward cache at %s failed (%r): computing instead", self.config.redis_url, exc)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
