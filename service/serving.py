@@ -93,8 +93,10 @@ class ServingBase:
         async def one(evaluator: Evaluator, task: Work) -> Outcome:
             if not isinstance(task, ScoringTask):
                 return await evaluator.batcher.submit(task, deadline, tenant, weight)
+            if not self.cache.config.deduplicate and not self.cache.config.enabled:
+                return await evaluator.batcher.submit(task, deadline, tenant, weight)
             key = task_key(evaluator.identity, task, evaluator.backend.labels)
-            shared = self.cache.inflight(key)
+            shared = self.cache.inflight(key) if self.cache.config.deduplicate else None
             if shared is not None:
                 try:
                     result = await asyncio.shield(shared)
@@ -106,7 +108,7 @@ class ServingBase:
                     counts.deduplicated += task.evaluations
                     self.metrics.deduplicated.inc(task.evaluations)
                     return TaskResult(scores=result.scores, cached_prompt_tokens=task.prompt_tokens)
-            owned = self.cache.start(key) if shared is None else None
+            owned = self.cache.start(key) if shared is None and self.cache.config.deduplicate else None
             outcome: object = RuntimeError("not computed")
             try:
                 value = await self.cache.get(key)

@@ -245,6 +245,10 @@ class CacheConfig(_Strict):
     """The reward cache (service/result_cache.py, docs/configuration.md)."""
 
     enabled: bool = Field(False, description="Serve an evaluation computed before instead of computing it.")
+    deduplicate: bool = Field(
+        True,
+        description="Compute identical evaluations in flight once (always safe; false only to measure).",
+    )
     backend: Literal["memory", "redis"] = Field(
         "memory", description="memory: this replica, bounded by max_bytes; redis: shared by every replica."
     )
