@@ -98,7 +98,7 @@ def main() -> None:
     print(f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s ({platform.processor() or platform.machine()})")
     workloads = {"grpo_25pct_repeats": run_grpo, "eval_set_x5": run_eval_set}
     best: dict[str, dict[str, tuple[float, int, int]]] = {w: {} for w in workloads}
-    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         urls = {}
         for n, (name, env) in enumerate(SYSTEMS.items()):
             folder = Path(tmp) / str(n)
