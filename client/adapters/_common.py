@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..client import AsyncRewardClient, RewardClient
-from ..wire import ChatMessage, EvaluatorChoice, MetaQuestion
+from ..errors import RLMEError
+from ..wire import ChatMessage, EvaluatorChoice, Item, MetaQuestion, RewardResponse
 
 ENV_RUBRIC = "RLME_RUBRIC"
 ENV_QUESTIONS = "RLME_QUESTIONS"
@@ -178,3 +179,48 @@ def shared_async_client() -> AsyncRewardClient:
     if client is None or client.is_closed:
         client = _async_clients[loop] = AsyncRewardClient()
     return client
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One sample's reward, or why there is none. A failed reward is never 0: each adapter
+    hands `failure` to its framework's own way of dropping a sample."""
+
+    reward: float | None
+    failure: str | None = None
+    computed: float | None = None  # low label mass: the reward computed, but not to be trusted
+
+    @property
+    def failed(self) -> bool:
+        return self.reward is None
+
+
+async def score_outcomes(
+    client: AsyncRewardClient,
+    items: Sequence[Item],
+    scoring: Scoring,
+    step: int | None = None,
+    timeout_s: float | None = None,
+) -> list[Outcome]:
+    """Score `items` in one request within `timeout_s` (the framework's per-call timeout);
+    a request that fails or times out fails every item, and an item whose every score has
+    low label mass (the evaluator answered neither yes nor no) fails on its own."""
+    try:
+        call = client.rewards(list(items), **scoring.request_options(step))
+        answer = await (call if timeout_s is None else asyncio.wait_for(call, timeout_s))
+    except (RLMEError, asyncio.TimeoutError) as exc:  # asyncio's is the builtin from Python 3.11
+        why = f"no answer within {timeout_s} s" if isinstance(exc, asyncio.TimeoutError) else f"{exc}"
+        return [Outcome(None, f"rlme: {why}")] * len(items)
+    return outcomes(answer)
+
+
+def outcomes(answer: RewardResponse) -> list[Outcome]:
+    """Each item's reward; an item whose every score has low label mass has none."""
+    found = []
+    for result in answer.results:
+        if result.scores and all(score.low_label_mass for score in result.scores):
+            why = "rlme: low label mass (the evaluator answered neither yes nor no)"
+            found.append(Outcome(None, why, computed=result.reward))
+        else:
+            found.append(Outcome(result.reward))
+    return found

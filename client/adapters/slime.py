@@ -19,6 +19,16 @@ Configured like the verl adapter: $RLME_BASE_URL, $RLME_API_KEY, $RLME_RUBRIC or
 $RLME_QUESTIONS, $RLME_EVALUATORS, $RLME_SEND_REFERENCE (`sample.label` is the reference),
 $RLME_RUN (tags requests for the run monitor; slime passes no step to reward functions,
 so a step is a minute of wall time, $RLME_STEP_SECONDS).
+
+3. Failed rewards dropped, not trained on as 0: `--custom-rm-path
+   rlme.client.adapters.slime.masked_reward_func --rollout-sample-filter-path
+   rlme.client.adapters.slime.drop_failed`. A sample rlme could not score (the request
+   failed, or the evaluator answered neither yes nor no) is marked in
+   `sample.metadata["rlme_failure"]`; after the rollout, slime calls the filter on the
+   groups (slime/rollout/sglang_rollout.py), which sets `remove_sample` (slime then zeroes
+   its loss mask) and gives it its group's mean reward, so the number slime still
+   normalises the group with moves no one's advantage. Without the filter configured,
+   `masked_reward_func` raises instead: a failure never becomes a silent 0.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from ..client import AsyncRewardClient
 from ..wire import Item
 from ._common import (
     Scoring,
+    score_outcomes,
     scoring_for_call,
     shared_async_client,
     to_prompt,
@@ -37,7 +48,14 @@ from ._common import (
     to_response,
 )
 
-__all__ = ["reward_func", "batched_reward_func"]
+__all__ = ["reward_func", "batched_reward_func", "masked_reward_func", "drop_failed"]
+
+FAILURE_KEY = "rlme_failure"
+FILTER_PATH = "rlme.client.adapters.slime.drop_failed"
+
+
+class RewardFailed(RuntimeError):
+    """rlme could not score the sample and no filter will drop it."""
 
 
 async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float | list[float]:
@@ -67,3 +85,43 @@ def _item(sample: Any, scoring: Scoring) -> Item:
         response=to_response(sample.response),
         reference=to_reference(sample.label) if scoring.send_reference else None,
     )
+
+
+async def masked_reward_func(args: Any, sample: Any, **kwargs: Any) -> float | list[float]:
+    """Like `reward_func`, but a sample rlme could not score is marked for `drop_failed`
+    (a placeholder reward of 0.0, replaced there) instead of failing the rollout."""
+    samples = sample if isinstance(sample, list) else [sample]
+    scoring = scoring_for_call(kwargs)
+    client: AsyncRewardClient = kwargs.get("client") or shared_async_client()
+    found = await score_outcomes(
+        client, [_item(s, scoring) for s in samples], scoring, timeout_s=kwargs.get("timeout_s")
+    )
+    filtered = getattr(args, "rollout_sample_filter_path", None) == FILTER_PATH
+    rewards = []
+    for one, outcome in zip(samples, found, strict=True):
+        if outcome.reward is None and not filtered:
+            raise RewardFailed(
+                f"{outcome.failure}; set --rollout-sample-filter-path {FILTER_PATH} to drop such samples"
+            )
+        if outcome.reward is None:
+            one.metadata = {**(getattr(one, "metadata", None) or {}), FAILURE_KEY: outcome.failure}
+        rewards.append(0.0 if outcome.reward is None else outcome.reward)
+    return rewards if isinstance(sample, list) else rewards[0]
+
+
+def drop_failed(args: Any, data: list[Any]) -> None:
+    """slime's `--rollout-sample-filter-path` hook: `data` is the rollout's groups (lists of
+    samples; a flat list is taken as one group). Marked samples get `remove_sample = True`
+    and their group's mean reward over the scored samples (slime normalises rewards per group
+    before it applies the mask)."""
+    groups = data if data and isinstance(data[0], list) else [data]
+    for group in groups:
+        failed = [s for s in group if (getattr(s, "metadata", None) or {}).get(FAILURE_KEY)]
+        if not failed:
+            continue
+        marked = {id(s) for s in failed}
+        scored = [s.reward for s in group if id(s) not in marked and isinstance(s.reward, int | float)]
+        neutral = sum(scored) / len(scored) if scored else 0.0  # all failed: equal rewards, no advantage
+        for one in failed:
+            one.remove_sample = True
+            one.reward = neutral

@@ -20,6 +20,7 @@ $RLME_SEND_REFERENCE=0 (label-free RLME, as in the paper).
     reward.custom_reward_function.path=pkg://rlme.client.adapters.verl
     reward.custom_reward_function.name=compute_score_async  # verl 0.9's reward loop (recommended)
     reward.custom_reward_function.name=compute_score        # the same, blocking
+    reward.custom_reward_function.name=compute_score_reward_loop  # the same, with a timeout and flags
     reward.custom_reward_function.name=compute_score_judge  # a generative judge ($RLME_JUDGE)
     compute_score_batch: verl <= 0.6's `reward_model.reward_manager=batch` only (gone in 0.9)
 """
@@ -34,6 +35,7 @@ from ..client import AsyncRewardClient, RewardClient
 from ..wire import Item
 from ._common import (
     Scoring,
+    score_outcomes,
     scoring_for_call,
     shared_async_client,
     shared_client,
@@ -43,7 +45,13 @@ from ._common import (
     to_response,
 )
 
-__all__ = ["compute_score", "compute_score_async", "compute_score_batch", "compute_score_judge"]
+__all__ = [
+    "compute_score",
+    "compute_score_async",
+    "compute_score_batch",
+    "compute_score_judge",
+    "compute_score_reward_loop",
+]
 
 PROMPT_KEYS = ("prompt", "question")
 
@@ -92,6 +100,41 @@ def compute_score_batch(
     ]
     step = _step(extra_infos[0]) if len(extra_infos) else None  # verl passes numpy arrays
     return list(client.rewards(items, **scoring.request_options(step)).rewards)
+
+
+async def compute_score_reward_loop(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Mapping[str, Any] | None = None,
+    reward_router_address: str | None = None,
+    reward_model_tokenizer: Any = None,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """verl 0.9's reward loop signature, the GenRM arguments included (verl passes its own
+    reward model's router and tokenizer when one is enabled; rlme is the judge, so they are
+    not used). Returns `{"score", "rlme_low_label_mass"}`, the same keys for every sample
+    as verl requires: an item the evaluator answered neither yes nor no about keeps its
+    computed score and is flagged (1.0) in reward_extra_info, logged per step. verl has no
+    per-sample mask, so a reward that could not be computed (the service down past the
+    client's retries, no answer within `timeout_s` / $RLME_TIMEOUT_S, default 300 s) raises:
+    with verl's default `naive` reward manager the step fails loudly instead of training
+    on a 0. (verl's `rate_limited` manager turns any exception into a score of 0.0: do not
+    use it with rlme, whose own quotas answer 429 and whose client waits and retries.)"""
+    scoring = scoring_for_call(kwargs)
+    client: AsyncRewardClient = kwargs.get("client") or shared_async_client()
+    item = _item(solution_str, ground_truth, extra_info, scoring)
+    timeout = float(kwargs.get("timeout_s") or os.environ.get("RLME_TIMEOUT_S") or 300.0)
+    (outcome,) = await score_outcomes(client, [item], scoring, _step(extra_info), timeout)
+    if outcome.computed is not None:
+        return {"score": outcome.computed, "rlme_low_label_mass": 1.0}
+    if outcome.reward is None:
+        raise RewardFailed(outcome.failure)
+    return {"score": outcome.reward, "rlme_low_label_mass": 0.0}
+
+
+class RewardFailed(RuntimeError):
+    """rlme could not compute this sample's reward; verl has no mask, so the step fails."""
 
 
 def _step(extra_info: Mapping[str, Any] | None) -> int | None:
