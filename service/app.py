@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import typing
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await tenants.rates.aclose()
             await cache.aclose()
             monitor.close()
+            release_replica_lock()
 
     app = FastAPI(title="rlme", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -103,9 +105,9 @@ def shared_state(
         if not up:
             metrics.state_store_errors.labels("runs").inc()
 
-    replica = config.replica_id or f"{socket.gethostname()}:{db_path}"
+    replica = config.replica_id or f"{socket.gethostname()}:{db_path.resolve()}"
     if config.replica_id is None:
-        hold_replica_lock(db_path)
+        hold_replica_lock(db_path.resolve())
     runs = SharedRuns(
         config.redis_url,
         config.key_prefix + "run:",
@@ -114,6 +116,7 @@ def shared_state(
         config.retry_s,
         config.timeout_s,
         runs_state,
+        settings.monitoring.max_steps,
     )
     fits = SharedCalibrations(
         config.redis_url,
@@ -125,7 +128,12 @@ def shared_state(
     return runs, fits
 
 
-_held: list[object] = []  # the lock files of this process's replicas, held until it exits
+_held: list[typing.Any] = []  # the lock files of this process's replicas, held while their app runs
+
+
+def release_replica_lock() -> None:
+    while _held:
+        _held.pop().close()
 
 
 def hold_replica_lock(db_path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from rlme.client.wire import ItemResult
 from rlme.client.wire.calibration import Calibration
 from rlme.service.errors import StoreUnavailable
+from rlme.service.shared_store import epoch, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -248,14 +249,11 @@ class SharedCalibrations:
     counter, so a replica reads the hash again only when another one has written to it."""
 
     def __init__(self, url: str, prefix: str, retry_s: float, timeout_s: float, on_error: Any = None) -> None:
-        import redis
-
-        self._redis: Any = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        self._redis: Any = redis_client(url, timeout_s)
+        self._prefix = prefix
         self._key, self._version_key = f"{prefix}calibrations", f"{prefix}calibrations:v"
         self._seen: object = _UNREAD
-        self._offered = False  # this replica's file offered to the store (once)
+        self._epoch: str | None = None  # the store's epoch this replica's fits were offered to
         self._retry_s, self._down_until = retry_s, 0.0
         self._on_error = on_error
         self.url = url
@@ -265,12 +263,14 @@ class SharedCalibrations:
         if time.monotonic() < self._down_until:
             return None
         try:
-            if not self._offered:  # fits from this replica's file that the store lacks
+            now = epoch(self._redis, self._prefix)
+            if now != self._epoch:  # a new store (or one that lost its data): offer what we hold
                 for fit in mine.values():
-                    self._redis.hsetnx(
-                        self._key, json.dumps([fit.evaluator, fit.question]), fit.model_dump_json()
-                    )
-                self._offered = True
+                    field = json.dumps([fit.evaluator, fit.question])
+                    self._redis.hsetnx(self._key, field, fit.model_dump_json())
+                if mine:
+                    self._redis.incr(self._version_key)  # the others read again
+                self._epoch, self._seen = now, _UNREAD
             version = self._redis.get(self._version_key)
             if version == self._seen:
                 return None
@@ -279,14 +279,16 @@ class SharedCalibrations:
             self._failed(exc)
             return None
         self._seen = version
-        fits = {}
+        fits = dict(mine)  # merged, never replaced: a store that lost its data wipes nothing
         for text in rows.values():
             try:
                 fit = Calibration.model_validate_json(text)
             except ValueError as exc:
                 log.warning("shared calibrations: an unreadable entry skipped: %s", exc)
                 continue
-            fits[(fit.evaluator, fit.question)] = fit
+            key = (fit.evaluator, fit.question)
+            if key not in fits or fit.fitted_at >= fits[key].fitted_at:  # the latest fit wins
+                fits[key] = fit
         return fits
 
     def write(self, fits: Sequence[Calibration]) -> None:

@@ -238,12 +238,21 @@ class EvaluatorPool:
 
 
 def model_identity(config: EvaluatorConfig, generation: int) -> str:
+    """The evaluator's settings that change what it computes (all but batching), the model
+    files' names, sizes and times (recursively), the reload count and rlme's version. A
+    remote evaluator's weights live on its servers: reload it (or clear the cache) when
+    they change."""
+    from importlib.metadata import version
+
     path = Path(config.model)
     files: list[str] = []
     if path.exists():
-        found = sorted(path.iterdir()) if path.is_dir() else [path]
+        found = sorted(path.rglob("*")) if path.is_dir() else [path]
         for f in found:
             if f.is_file():
                 stat = f.stat()
-                files.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return json.dumps([config.name, config.backend, config.model, generation, files])
+                files.append(
+                    f"{f.relative_to(path) if path.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}"
+                )
+    settings = config.model_dump(mode="json", exclude={"batching"})
+    return json.dumps([settings, generation, files, version("rlme")], sort_keys=True)

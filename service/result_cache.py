@@ -1,11 +1,12 @@
 """No evaluation computed twice: identical scoring work is computed once and fanned out, and
 (with `cache.enabled`) a result computed before is served again.
 
-An evaluation is identified by a content hash of the evaluator's identity (its name, model,
-the model files' sizes and times, its reload count), every token id of its rendered
-sequences and the label token ids it reads: a change of template, system prompt, question,
-reference or weights changes the key. The value is the label log-probabilities only (never
-text), so a tenant is served from the cache only what its own request would have computed.
+An evaluation is identified by a content hash of the evaluator's identity (its settings,
+the model files' sizes and times, its reload count, rlme's version), every token id of its
+rendered sequences, the label token ids it reads and the tenant: a change of template,
+system prompt, question, reference or weights changes the key, and one tenant's work is
+never shared with another's (a hit would tell it that another tenant scored the same text),
+unless `cache.share_across_tenants`. The value is the label log-probabilities only.
 
 - Identical tasks of one request, and of requests in flight at once, share one computation
   (always on: scoring is deterministic, and the batch would compute the same numbers).
@@ -40,8 +41,11 @@ class Tally:
     cached: int = 0
 
 
-def task_key(identity: str, task: ScoringTask, default_labels: LabelTokens) -> str:
-    digest = hashlib.sha256(identity.encode())
+def task_key(identity: str, task: ScoringTask, default_labels: LabelTokens, tenant: str = "") -> str:
+    """The content hash an evaluation is known by; `tenant` keeps one tenant's work apart from
+    another's (else a hit, its usage count or its speed would tell a tenant that another
+    one scored the same text)."""
+    digest = hashlib.sha256(json.dumps([identity, tenant]).encode())
     for sequence in task.sequences:
         digest.update(b"|s")
         digest.update(json.dumps(sequence).encode())
@@ -53,8 +57,16 @@ def encode(result: TaskResult) -> bytes:
     return json.dumps([list(score.logps) for score in result.scores]).encode()  # repr floats: exact
 
 
-def decode(value: bytes, task: ScoringTask) -> TaskResult:
-    scores = tuple(LabelLogprobs(tuple(float(v) for v in logps)) for logps in json.loads(value))
+def decode(value: bytes, task: ScoringTask, default_labels: LabelTokens) -> TaskResult | None:
+    """The stored result, or None (a miss) for a value that does not fit the task."""
+    try:
+        scores = tuple(LabelLogprobs(tuple(float(v) for v in logps)) for logps in json.loads(value))
+    except (ValueError, TypeError):
+        return None
+    if len(scores) != len(task.sequences) or any(
+        len(s.logps) != len(task.labels_or(default_labels)) for s in scores
+    ):
+        return None
     return TaskResult(scores=scores, cached_prompt_tokens=task.prompt_tokens)
 
 
@@ -85,10 +97,8 @@ class ResultCache:
             return
         if isinstance(outcome, TaskResult):
             future.set_result(outcome)
-        else:  # the sharers see the same failure as the request that computed it
-            future.set_exception(
-                outcome if isinstance(outcome, BaseException) else RuntimeError(str(outcome))
-            )
+        else:  # the sharers compute it themselves (a cancellation never crosses requests)
+            future.set_exception(RuntimeError(f"the request computing it did not finish: {outcome!r}"))
             future.exception()  # retrieved: no warning when no one else waited
 
     async def get(self, key: str) -> bytes | None:
@@ -112,7 +122,7 @@ class ResultCache:
         value = encode(result)
         if self._redis is not None:
             try:
-                await self._redis.set(self.config.key_prefix + key, value, ex=int(self.config.ttl_s))
+                await self._redis.set(self.config.key_prefix + key, value, ex=max(1, int(self.config.ttl_s)))
             except Exception as exc:
                 self._failed(exc)
             return

@@ -95,7 +95,8 @@ class ServingBase:
                 return await evaluator.batcher.submit(task, deadline, tenant, weight)
             if not self.cache.config.deduplicate and not self.cache.config.enabled:
                 return await evaluator.batcher.submit(task, deadline, tenant, weight)
-            key = task_key(evaluator.identity, task, evaluator.backend.labels)
+            apart = "" if self.cache.config.share_across_tenants else tenant
+            key = task_key(evaluator.identity, task, evaluator.backend.labels, apart)
             shared = self.cache.inflight(key) if self.cache.config.deduplicate else None
             if shared is not None:
                 try:
@@ -112,10 +113,11 @@ class ServingBase:
             outcome: object = RuntimeError("not computed")
             try:
                 value = await self.cache.get(key)
-                if value is not None:
+                hit = None if value is None else decode(value, task, evaluator.backend.labels)
+                if hit is not None:
                     counts.cached += task.evaluations
-                    outcome = decode(value, task)
-                    return outcome
+                    outcome = hit
+                    return hit
                 outcome = await evaluator.batcher.submit(task, deadline, tenant, weight)
                 if isinstance(outcome, TaskResult):
                     await self.cache.put(key, outcome)

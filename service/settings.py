@@ -245,6 +245,11 @@ class CacheConfig(_Strict):
     """The reward cache (service/result_cache.py, docs/configuration.md)."""
 
     enabled: bool = Field(False, description="Serve an evaluation computed before instead of computing it.")
+    share_across_tenants: bool = Field(
+        False,
+        description="Let one tenant's identical evaluations serve another's. Off: a hit (or its speed) "
+        "would tell a tenant that another one scored the same text.",
+    )
     deduplicate: bool = Field(
         True,
         description="Compute identical evaluations in flight once (always safe; false only to measure).",

@@ -193,9 +193,11 @@ def test_roll_worker_scores_a_batch_as_its_llm_judge_worker_is_called(server: st
 
 
 def test_roll_fills_a_failed_sample_with_the_batch_mean_and_raises_when_all_fail() -> None:
-    assert roll.fill_failed([Outcome(-1.0), Outcome(None, "x"), Outcome(-3.0)]) == [-1.0, -2.0, -3.0]
+    found = [Outcome(-1.0), Outcome(None, "x"), Outcome(-3.0), Outcome(-10.0), Outcome(None, "y")]
+    prompts = ["a", "a", "a", "b", "c"]  # its own prompt's mean; a prompt with no score: the batch's
+    assert roll.fill_failed(found, prompts) == [-1.0, -2.0, -3.0, -10.0, pytest.approx(-14 / 3)]
     with pytest.raises(Exception, match="none of the 2"):
-        roll.fill_failed([Outcome(None, "x"), Outcome(None, "y")])
+        roll.fill_failed([Outcome(None, "x"), Outcome(None, "y")], ["a", "a"])
 
 
 # ------------------------------------------------------------------------------ slime

@@ -5,6 +5,7 @@ and a Redis cache is shared by two replicas and is a miss while it does not answ
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from rlme.service.backends.base import LabelLogprobs, ScoringTask, TaskResult
 from rlme.service.metrics import Metrics
 from rlme.service.model_store import EMBEDDED, resolve_model
-from rlme.service.result_cache import ResultCache, task_key
+from rlme.service.result_cache import ResultCache, decode, task_key
 from rlme.service.settings import CacheConfig
 
 from support import Redis, loaded_app, service_settings
@@ -104,6 +105,18 @@ async def test_memory_is_bounded_and_evictions_counted() -> None:
     assert task_key("a", verdict, None) != task_key("a", other, None)  # the labels count
     assert task_key("a", verdict, None) != task_key("a", longer, None)  # every token counts
     assert task_key("a", verdict, None) == task_key("a", ScoringTask(((1, 2, 3),), 1, ((7,), (8,))), None)
+    assert task_key("a", verdict, None, "team-a") != task_key("a", verdict, None, "team-b")  # tenants apart
+    assert decode(b"not json", verdict, None) is None  # a value that does not fit is a miss
+    assert decode(b"[[-0.1, -2.0], [-0.3, -1.0]]", verdict, None) is None  # two scores for one sequence
+    assert decode(b"[[-0.1, -2.0]]", verdict, None) is not None
+
+
+async def test_a_cancelled_computation_never_fails_the_request_sharing_it() -> None:
+    cache = ResultCache(CacheConfig(), Metrics())
+    owner = cache.start("k")
+    cache.finish("k", asyncio.CancelledError())  # the request computing it was cancelled
+    with pytest.raises(RuntimeError, match="did not finish"):  # sharers catch this and compute
+        await owner
 
 
 async def test_a_redis_cache_is_shared_and_a_miss_while_down(tmp_path: Path) -> None:

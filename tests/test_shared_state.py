@@ -165,6 +165,14 @@ def test_a_calibration_fitted_on_one_replica_is_used_by_another(redis_server: Re
     assert one.get("default", "Is it kind?") is None
     two.refresh()  # down: the last known maps stay in use
     assert two.get("default", "Is it right?") is not None
+    redis_server.start()  # back, and empty
+    time.sleep(0.3)  # past retry_s
+    two.refresh()  # nothing is wiped; the new store is given what this replica holds
+    assert two.get("default", "Is it right?") is not None
+    three = store("three")
+    three.refresh()
+    found = three.get("default", "Is it right?")
+    assert found is not None and found.a == 1.5
 
 
 @pytest.mark.e2e

@@ -372,7 +372,7 @@ def train(cfg: MetaRewardingConfig, client: Any = None) -> Any:
     rows = load_rows(cfg.data)
     held_out = [r["prompt"] for r in rows[-cfg.eval_prompts :]] if cfg.eval_prompts else []
     train_rows = rows[: len(rows) - len(held_out)]
-    policy = load_policy(cfg)
+    policy = load_policy(cfg, weight_decay=0.01)  # torch AdamW's default, which this trainer always used
     model, tokenizer, optimizer, start = policy.model, policy.tokenizer, policy.optimizer, policy.start
     owns_client = client is None
     if owns_client:

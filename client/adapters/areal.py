@@ -35,7 +35,6 @@ from ._common import (
     Scoring,
     outcomes,
     score_outcomes,
-    scoring_for_call,
     shared_async_client,
     to_prompt,
     to_reference,
@@ -56,8 +55,8 @@ def reward_fn(
 ) -> float:
     """AReaL's reward signature, for `AsyncRewardWrapper`: it runs in AReaL's worker process,
     with that process's one pooled client (blocking calls: a worker does one at a time)."""
-    scoring = scoring_for_call(data)
-    client: RewardClient = data.get("client") or _process_client(_timeout(data))
+    scoring = Scoring.from_env()  # never from `data`: a dataset column must not change settings
+    client = _process_client(_timeout())
     try:
         answer = client.rewards([_item(prompt, completions, data, scoring)], **scoring.request_options())
     except RLMEError as exc:
@@ -69,10 +68,10 @@ async def async_reward_fn(
     prompt: Any, completions: Any, prompt_ids: Any = None, completion_ids: Any = None, **data: Any
 ) -> float:
     """The same for a workflow that awaits its rewards itself (no process pool)."""
-    scoring = scoring_for_call(data)
-    client: AsyncRewardClient = data.get("client") or shared_async_client()
+    scoring = Scoring.from_env()
+    client: AsyncRewardClient = shared_async_client()
     item = _item(prompt, completions, data, scoring)
-    (outcome,) = await score_outcomes(client, [item], scoring, timeout_s=_timeout(data))
+    (outcome,) = await score_outcomes(client, [item], scoring, timeout_s=_timeout())
     return _reward(outcome)
 
 
@@ -103,8 +102,8 @@ def _item(prompt: Any, completion: Any, data: Mapping[str, Any], scoring: Scorin
     )
 
 
-def _timeout(data: Mapping[str, Any]) -> float:
-    value = data.get("timeout_s", os.environ.get(ENV_TIMEOUT) or 12.0)
+def _timeout() -> float:
+    value = os.environ.get(ENV_TIMEOUT) or 12.0
     seconds = float(value)
     if not seconds > 0:
         raise ValueError(f"${ENV_TIMEOUT} must be a positive number of seconds, not {value!r}")

@@ -100,12 +100,23 @@ class _Batcher:
     async def _later(self) -> None:
         await asyncio.sleep(self.wait_s)
         batch, self._pending, self._flush = self._pending, [], None
-        outcomes = await score_outcomes(
-            self.client, [i for i, _ in batch], self.scoring, timeout_s=self.timeout_s
-        )
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if not future.done():
-                future.set_result(outcome)
+        found = [Outcome(None, "rlme: the server stopped before scoring")] * len(batch)
+        try:
+            found = await self._score([item for item, _ in batch])
+        except Exception as exc:  # never leave a /verify call waiting
+            found = [Outcome(None, f"rlme: {type(exc).__name__}: {exc}")] * len(batch)
+        finally:
+            for (_, future), outcome in zip(batch, found, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+
+    async def _score(self, items: list[Item]) -> list[Outcome]:
+        found = await score_outcomes(self.client, items, self.scoring, timeout_s=self.timeout_s)
+        if len(items) > 1 and all(o.failed and o.computed is None for o in found):
+            # The whole request failed: one rollout the service refuses must not fail the others.
+            found = [(await score_outcomes(self.client, [i], self.scoring, timeout_s=self.timeout_s))[0]
+                     for i in items]  # fmt: skip
+        return found
 
 
 def create_app(

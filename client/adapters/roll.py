@@ -17,11 +17,12 @@ per batch and uses the reward (by default log P(yes) summed over the rubric's qu
         model_args: {model_name_or_path: <any; rlme is the judge>}
 
 ROLL has no per-sample mask. Our choice: a sample rlme cannot score (low label mass) gets
-the mean reward of the batch's scored samples, so its advantage is about 0 and it pushes the
-policy nowhere, and `rlme/failed_fraction` is in the worker's metrics; a request that fails
-altogether (service down past the client's retries, `$RLME_TIMEOUT_S`) raises, so the step
-fails loudly instead of training on made-up rewards. Configured like the other adapters
-($RLME_BASE_URL, $RLME_API_KEY, $RLME_RUBRIC or $RLME_QUESTIONS, $RLME_EVALUATORS, $RLME_RUN).
+the mean reward of the scored samples of its own prompt (its group; else of the batch), so
+its advantage is about 0 and it pushes the policy nowhere, and `rlme/failed_fraction` is in
+the worker's metrics; a request that fails altogether (service down past the client's
+retries, `$RLME_TIMEOUT_S`) raises, so the step fails loudly instead of training on made-up
+rewards. Configured like the other adapters ($RLME_BASE_URL, $RLME_API_KEY, $RLME_RUBRIC
+or $RLME_QUESTIONS, $RLME_EVALUATORS, $RLME_RUN).
 
 ROLL needs CUDA and Ray to install; without it this module still imports (the worker's
 ROLL base class and decorator are then stand-ins) so `score_batch` can be used and tested.
@@ -62,17 +63,27 @@ def score_batch(
         for p, r, g in zip(prompts, responses, references, strict=True)
     ]
     found = outcomes(client.rewards(items, **scoring.request_options()))
-    return fill_failed(found), sum(o.failed for o in found) / max(1, len(found))
+    return fill_failed(found, list(prompts)), sum(o.failed for o in found) / max(1, len(found))
 
 
-def fill_failed(found: Sequence[Outcome]) -> list[float]:
-    """Each failed sample gets the mean of the scored ones (advantage about 0); all failed:
-    the request is as good as failed, so raise."""
+def fill_failed(found: Sequence[Outcome], prompts: Sequence[str]) -> list[float]:
+    """Each failed sample gets the mean reward of the scored samples of its own prompt (its
+    GRPO group: advantage about 0), else of the batch; all failed: the request is as good
+    as failed, so raise."""
     scored = [o.reward for o in found if o.reward is not None]
     if not scored:
         raise RLMEError(f"rlme scored none of the {len(found)} samples: {found[0].failure if found else ''}")
-    mean = sum(scored) / len(scored)
-    return [mean if o.reward is None else o.reward for o in found]
+    groups: dict[str, list[float]] = {}
+    for prompt, outcome in zip(prompts, found, strict=True):
+        if outcome.reward is not None:
+            groups.setdefault(prompt, []).append(outcome.reward)
+    batch_mean = sum(scored) / len(scored)
+    filled = []
+    for prompt, outcome in zip(prompts, found, strict=True):
+        group = groups.get(prompt)
+        neutral = sum(group) / len(group) if group else batch_mean
+        filled.append(neutral if outcome.reward is None else outcome.reward)
+    return filled
 
 
 class RLMERewardWorker(_RollWorker):  # type: ignore[misc, valid-type]

@@ -103,8 +103,8 @@ async def masked_reward_func(args: Any, sample: Any, **kwargs: Any) -> float | l
             raise RewardFailed(
                 f"{outcome.failure}; set --rollout-sample-filter-path {FILTER_PATH} to drop such samples"
             )
-        if outcome.reward is None:
-            one.metadata = {**(getattr(one, "metadata", None) or {}), FAILURE_KEY: outcome.failure}
+        metadata = {k: v for k, v in (getattr(one, "metadata", None) or {}).items() if k != FAILURE_KEY}
+        one.metadata = metadata if outcome.reward is not None else {**metadata, FAILURE_KEY: outcome.failure}
         rewards.append(0.0 if outcome.reward is None else outcome.reward)
     return rewards if isinstance(sample, list) else rewards[0]
 

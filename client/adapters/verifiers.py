@@ -128,4 +128,5 @@ async def _call(call: Any, options: Mapping[str, Any]) -> Any:
     try:
         return await asyncio.wait_for(call, _timeout(options))
     except (RLMEError, asyncio.TimeoutError) as exc:
-        raise RewardFailed(f"rlme: {exc or 'no answer in time'}") from exc
+        why = f"no answer within {_timeout(options)} s" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+        raise RewardFailed(f"rlme: {why}") from exc

@@ -86,7 +86,8 @@ class RunMonitor:
         run = (tenant, request.run)
         with self._lock:
             steps = self._steps(run)
-            step = request.step if request.step is not None else max(steps, default=0)
+            # Without a step: the run's latest, as every replica sees it.
+            step = request.step if request.step is not None else max(self._view(run), default=0)
             stats = steps.setdefault(step, StepStats())
             for item, result in zip(request.items, results, strict=True):
                 _add(stats, step, item, result)
@@ -211,6 +212,8 @@ class RunMonitor:
             self._runs.move_to_end(run)
             return self._runs[run]
         steps = self._load(run)
+        if self.shared is not None and steps:
+            self.shared.adopt(run, steps)
         self._runs[run] = steps
         while len(self._runs) > self.config.max_runs:
             evicted, _ = self._runs.popitem(last=False)

@@ -56,7 +56,9 @@ class SharedRuns:
         retry_s: float,
         timeout_s: float,
         on_error: Callable[[bool], None] | None = None,
+        max_steps: int = 1000,
     ) -> None:
+        self.max_steps = max_steps
         self._redis: Any = redis_client(url, timeout_s)
         self._put = self._redis.register_script(_PUT)
         self.prefix, self.replica, self.url = prefix, replica, url
@@ -82,8 +84,15 @@ class SharedRuns:
     def put(self, run: RunKey, step: int, stats: StepStats) -> None:
         """This replica's part of a step; kept to send later while the store is down."""
         self._unsent.setdefault(run, {})[step] = stats
-        self._own.setdefault(run, {})[step] = stats
+        own = self._own.setdefault(run, {})
+        own[step] = stats
+        _trim(own, self.max_steps)
         self._sync(None)
+
+    def adopt(self, run: RunKey, steps: dict[int, StepStats]) -> None:
+        """This replica's parts of a run read back from its own file: written again if the
+        store loses its data."""
+        self._own[run] = dict(steps)
 
     def forget(self, run: RunKey) -> None:
         """The run left this replica's memory: drop what was read of it."""
@@ -115,9 +124,16 @@ class SharedRuns:
     def _catch_up(self, run: RunKey) -> None:
         key = self._key(run)
         since = self._seen.get(run, 0)
+        version = int(self._redis.get(f"{key}:v") or 0)
+        if version < since:  # the run's keys expired or were lost: read it anew, write ours again
+            since, self._others[run] = 0, {}
+            self._unsent.setdefault(run, {}).update(self._own.get(run, {}))
+            self._flush()
+            version = int(self._redis.get(f"{key}:v") or 0)
         changed = self._redis.zrangebyscore(f"{key}:log", f"({since}", "+inf", withscores=True)
-        if not changed:
-            self._others.setdefault(run, {})
+        if not changed:  # nothing new (an unknown run leaves no entry behind)
+            if run in self._others:
+                self._seen[run] = max(since, version)
             return
         fields = [f.decode() for f, _ in changed if not f.decode().endswith(f"|{self.replica}")]
         texts = self._redis.hmget(f"{key}:parts", fields) if fields else []
@@ -131,6 +147,7 @@ class SharedRuns:
             except (ValueError, TypeError, AttributeError, KeyError) as exc:
                 log.warning("shared runs: part %s of run %r is unreadable, skipped: %s", field, run, exc)
         self._seen[run] = int(max(score for _, score in changed))
+        _trim(parts, self.max_steps)
 
     def _sync(self, run: RunKey | None) -> None:
         if not self.up and time.monotonic() < self._down_until:
@@ -167,3 +184,9 @@ class SharedRuns:
             self.up = True
             if self._on_error is not None:
                 self._on_error(True)
+
+
+def _trim(steps: dict[int, Any], keep: int) -> None:
+    """Only the latest `keep` steps stay in memory, as in the monitor."""
+    for step in sorted(steps)[: max(0, len(steps) - keep)]:
+        del steps[step]
