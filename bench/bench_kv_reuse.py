@@ -89,14 +89,24 @@ class KVReuse:
         ).last_hidden_state
         return hidden, [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.layers)]
 
+    @staticmethod
+    def groups(tasks: list[ScoringTask]) -> list[list[int]]:
+        """Task indices by their shared start (the system text and the prompt)."""
+        found: dict[tuple[int, ...], list[int]] = {}
+        for i, task in enumerate(tasks):
+            found.setdefault(task.sequences[0][:48], []).append(i)
+        return list(found.values())
+
+    def read_labels(self, last: torch.Tensor) -> list[tuple[float, float]]:
+        """(log P(yes), log P(no)) from each question's last hidden state, (k, H)."""
+        logp = torch.log_softmax(self.model.get_output_embeddings()(last).float(), -1)
+        yes, no = list(self.labels.yes_ids), list(self.labels.no_ids)
+        return [(torch.logsumexp(row[yes], -1).item(), torch.logsumexp(row[no], -1).item()) for row in logp]
+
     @torch.inference_mode()
     def score(self, tasks: list[ScoringTask]) -> list[list[tuple[float, float]]]:
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, task in enumerate(tasks):  # by the shared start (system text and prompt)
-            groups.setdefault(task.sequences[0][:48], []).append(i)
         out: dict[int, list[tuple[float, float]]] = {}
-        yes, no = list(self.labels.yes_ids), list(self.labels.no_ids)
-        for members in groups.values():
+        for members in self.groups(tasks):
             firsts = [tasks[i].sequences[0] for i in members]
             shared = common_prefix_len(firsts)
             _, prefix = self.forward(None, 0, [list(firsts[0][:shared])])
@@ -107,10 +117,9 @@ class KVReuse:
                 past = [(k[b : b + 1, :, :n], v[b : b + 1, :, :n]) for k, v in after]
                 questions = [list(s[tasks[i].prefix_len :]) for s in tasks[i].sequences]
                 hidden, _ = self.forward(past, n, questions)
-                last = torch.stack([hidden[k, len(q) - 1] for k, q in enumerate(questions)])
-                logp = torch.log_softmax(self.model.get_output_embeddings()(last).float(), -1)
-                out[i] = [(torch.logsumexp(logp[k, yes], -1).item(), torch.logsumexp(logp[k, no], -1).item())
-                          for k in range(len(questions))]  # fmt: skip
+                out[i] = self.read_labels(
+                    torch.stack([hidden[k, len(q) - 1] for k, q in enumerate(questions)])
+                )
         return [out[i] for i in range(len(tasks))]
 
 
@@ -140,12 +149,8 @@ class KVReuseFused(KVReuse):
 
     @torch.inference_mode()
     def score(self, tasks: list[ScoringTask]) -> list[list[tuple[float, float]]]:
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, task in enumerate(tasks):
-            groups.setdefault(task.sequences[0][:48], []).append(i)
         out: dict[int, list[tuple[float, float]]] = {}
-        yes, no = list(self.labels.yes_ids), list(self.labels.no_ids)
-        for members in groups.values():
+        for members in self.groups(tasks):
             firsts = [tasks[i].sequences[0] for i in members]
             shared = common_prefix_len(firsts)
             _, prefix = self.node(None, 0, list(firsts[0][:shared]))
@@ -154,9 +159,7 @@ class KVReuseFused(KVReuse):
                 _, response = self.node(prefix, shared, list(task.sequences[0][shared : task.prefix_len]))
                 last = torch.stack([self.node(response, task.prefix_len, list(s[task.prefix_len :]))[0][0, -1]
                                     for s in task.sequences])  # fmt: skip
-                logp = torch.log_softmax(self.model.get_output_embeddings()(last).float(), -1)
-                out[i] = [(torch.logsumexp(logp[k, yes], -1).item(), torch.logsumexp(logp[k, no], -1).item())
-                          for k in range(len(task.sequences))]  # fmt: skip
+                out[i] = self.read_labels(last)
         return [out[i] for i in range(len(tasks))]
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from rlme.client.wire import ItemResult
 from rlme.client.wire.calibration import Calibration
 from rlme.service.errors import StoreUnavailable
-from rlme.service.shared_store import epoch, redis_client
+from rlme.service.shared_store import Breaker, epoch, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -254,13 +254,13 @@ class SharedCalibrations:
         self._key, self._version_key = f"{prefix}calibrations", f"{prefix}calibrations:v"
         self._seen: object = _UNREAD
         self._epoch: str | None = None  # the store's epoch this replica's fits were offered to
-        self._retry_s, self._down_until = retry_s, 0.0
+        self._breaker = Breaker(retry_s)
         self._on_error = on_error
         self.url = url
 
     def read(self, mine: Mapping[tuple[str, str], Calibration]) -> dict[tuple[str, str], Calibration] | None:
         """Every replica's fits when they changed since the last read; None: unchanged or down."""
-        if time.monotonic() < self._down_until:
+        if not self._breaker.may_ask():
             return None
         try:
             now = epoch(self._redis, self._prefix)
@@ -278,6 +278,7 @@ class SharedCalibrations:
         except Exception as exc:  # redis errors, timeouts
             self._failed(exc)
             return None
+        self._breaker.answered()
         self._seen = version
         fits = dict(mine)  # merged, never replaced: a store that lost its data wipes nothing
         for text in rows.values():
@@ -306,7 +307,7 @@ class SharedCalibrations:
             ) from None
 
     def _failed(self, exc: Exception) -> None:
-        self._down_until = time.monotonic() + self._retry_s
+        self._breaker.failed()
         log.error("shared calibrations at %s failed (%r)", self.url, exc)
         if self._on_error is not None:
             self._on_error()

@@ -12,7 +12,8 @@ unless `cache.share_across_tenants`. The value is the label log-probabilities on
   (always on: scoring is deterministic, and the batch would compute the same numbers).
 - The cache (off by default) keeps results in memory up to `max_bytes` (least recently used
   evicted, counted), or in Redis shared by every replica (`backend: redis`, `ttl_s`); a Redis
-  that does not answer is a miss. Judges' generations are not cached (their verdict reads are).
+  that does not answer is a miss (and is not asked again for 2 s). Judges' generations are
+  not cached (their verdict reads are).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from typing import Any
 from rlme.service.backends.base import LabelLogprobs, LabelTokens, ScoringTask, TaskResult
 from rlme.service.metrics import Metrics
 from rlme.service.settings import CacheConfig
+from rlme.service.shared_store import Breaker
+
+REDIS_RETRY_S = 2.0  # after a Redis failure, lookups are misses this long without asking
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,7 @@ class ResultCache:
             import redis.asyncio as redis
 
             self._redis = redis.from_url(config.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._breaker = Breaker(REDIS_RETRY_S)
 
     def inflight(self, key: str) -> asyncio.Future[TaskResult] | None:
         return self._inflight.get(key)
@@ -101,19 +106,31 @@ class ResultCache:
             future.set_exception(RuntimeError(f"the request computing it did not finish: {outcome!r}"))
             future.exception()  # retrieved: no warning when no one else waited
 
-    async def get(self, key: str) -> bytes | None:
+    async def lookup(self, key: str, task: ScoringTask, default_labels: LabelTokens) -> TaskResult | None:
+        """The stored result for `task` (counted as a hit), or None (a miss)."""
         if not self.config.enabled:
             return None
-        value: bytes | None = None
-        if self._redis is not None:
-            try:
-                value = await self._redis.get(self.config.key_prefix + key)
-            except Exception as exc:  # a cache that does not answer is a miss
-                self._failed(exc)
-        elif key in self._memory:
-            self._memory.move_to_end(key)
-            value = self._memory[key]
-        self.metrics.cache_lookups.labels("hit" if value is not None else "miss").inc()
+        value = await self.get(key)
+        found = None if value is None else decode(value, task, default_labels)
+        self.metrics.cache_lookups.labels("hit" if found is not None else "miss").inc()
+        return found
+
+    async def get(self, key: str) -> bytes | None:
+        """The stored bytes; None when absent, or when a Redis cache does not answer."""
+        if not self.config.enabled:
+            return None
+        if self._redis is None:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+            return self._memory.get(key)
+        if not self._breaker.may_ask():
+            return None
+        try:
+            value: bytes | None = await self._redis.get(self.config.key_prefix + key)
+        except Exception as exc:  # a cache that does not answer is a miss
+            self._failed(exc)
+            return None
+        self._breaker.answered()
         return value
 
     async def put(self, key: str, result: TaskResult) -> None:
@@ -121,6 +138,8 @@ class ResultCache:
             return
         value = encode(result)
         if self._redis is not None:
+            if not self._breaker.may_ask():
+                return
             try:
                 await self._redis.set(self.config.key_prefix + key, value, ex=max(1, int(self.config.ttl_s)))
             except Exception as exc:
@@ -138,7 +157,8 @@ class ResultCache:
 
     def _failed(self, exc: Exception) -> None:
         self.metrics.state_store_errors.labels("cache").inc()
-        log.warning("reward cache at %s failed (%r): computing instead", self.config.redis_url, exc)
+        if self._breaker.failed():  # once per outage, then not asked for REDIS_RETRY_S
+            log.warning("reward cache at %s failed (%r): computing instead", self.config.redis_url, exc)
 
     async def aclose(self) -> None:
         if self._redis is not None:

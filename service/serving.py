@@ -16,7 +16,7 @@ from rlme.service.batcher import Outcome
 from rlme.service.errors import InvalidRequest, PayloadTooLarge
 from rlme.service.evaluators import Evaluator, EvaluatorPool
 from rlme.service.metrics import Metrics
-from rlme.service.result_cache import ResultCache, Tally, decode, task_key
+from rlme.service.result_cache import ResultCache, Tally, task_key
 from rlme.service.settings import Settings
 from rlme.service.tenancy import Tenants
 
@@ -112,8 +112,7 @@ class ServingBase:
             owned = self.cache.start(key) if shared is None and self.cache.config.deduplicate else None
             outcome: object = RuntimeError("not computed")
             try:
-                value = await self.cache.get(key)
-                hit = None if value is None else decode(value, task, evaluator.backend.labels)
+                hit = await self.cache.lookup(key, task, evaluator.backend.labels)
                 if hit is not None:
                     counts.cached += task.evaluations
                     outcome = hit

@@ -27,6 +27,7 @@ ENV_EVALUATORS = "RLME_EVALUATORS"
 ENV_SEND_REFERENCE = "RLME_SEND_REFERENCE"
 ENV_RUN = "RLME_RUN"
 ENV_STEP_SECONDS = "RLME_STEP_SECONDS"
+ENV_TIMEOUT = "RLME_TIMEOUT_S"
 DEFAULT_RUBRIC = "correctness"
 
 
@@ -179,6 +180,25 @@ def shared_async_client() -> AsyncRewardClient:
     if client is None or client.is_closed:
         client = _async_clients[loop] = AsyncRewardClient()
     return client
+
+
+def timeout_s(default: float, given: Any = None) -> float:
+    """A per-call timeout: `given` (the framework's setting), else $RLME_TIMEOUT_S, else
+    `default`; a positive number of seconds."""
+    value = given or os.environ.get(ENV_TIMEOUT) or default
+    seconds = float(value)
+    if not seconds > 0:
+        raise ValueError(f"${ENV_TIMEOUT} (timeout_s) must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+def first_reference(row: Any, keys: Sequence[str]) -> str | None:
+    """The first of `keys` a row (a mapping or an object) has a non-empty value for, as text."""
+    for key in keys:
+        value = row.get(key) if isinstance(row, Mapping) else getattr(row, key, None)
+        if value not in (None, ""):
+            return to_reference(value)
+    return None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ $RLME_RUBRIC or $RLME_QUESTIONS, $RLME_EVALUATORS, $RLME_RUN with a wall-clock s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,16 +32,16 @@ from ..wire import Item
 from ._common import (
     Outcome,
     Scoring,
+    first_reference,
     outcomes,
     score_outcomes,
     shared_async_client,
+    timeout_s,
     to_prompt,
-    to_reference,
 )
 
 __all__ = ["reward_fn", "async_reward_fn", "RewardFailed"]
 
-ENV_TIMEOUT = "RLME_TIMEOUT_S"
 REFERENCE_KEYS = ("answer", "solution", "ground_truth", "reference")
 
 
@@ -93,18 +92,13 @@ def _process_client(timeout_s: float) -> RewardClient:
 
 
 def _item(prompt: Any, completion: Any, data: Mapping[str, Any], scoring: Scoring) -> Item:
-    reference = next((data[k] for k in REFERENCE_KEYS if data.get(k) not in (None, "")), None)
     text = completion if isinstance(completion, str) else str(completion)
     return Item(
         prompt=to_prompt(prompt),
         response=text,
-        reference=to_reference(reference) if scoring.send_reference else None,
+        reference=first_reference(data, REFERENCE_KEYS) if scoring.send_reference else None,
     )
 
 
 def _timeout() -> float:
-    value = os.environ.get(ENV_TIMEOUT) or 12.0
-    seconds = float(value)
-    if not seconds > 0:
-        raise ValueError(f"${ENV_TIMEOUT} must be a positive number of seconds, not {value!r}")
-    return seconds
+    return timeout_s(12.0)  # under AsyncRewardWrapper's default 15 s

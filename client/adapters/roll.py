@@ -30,14 +30,13 @@ ROLL base class and decorator are then stand-ins) so `score_batch` can be used a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from ..client import RewardClient
 from ..errors import RLMEError
 from ..wire import Item
-from ._common import Outcome, Scoring, outcomes, to_reference
+from ._common import Outcome, Scoring, outcomes, timeout_s, to_reference
 
 __all__ = ["RLMERewardWorker", "score_batch", "fill_failed"]
 
@@ -107,7 +106,7 @@ class RLMERewardWorker(_RollWorker):  # type: ignore[misc, valid-type]
             super().initialize(pipeline_config)
         path = pipeline_config.actor_train.model_args.model_name_or_path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.client = RewardClient(total_timeout=float(os.environ.get("RLME_TIMEOUT_S") or 300))
+        self.client = RewardClient(total_timeout=timeout_s(300.0))
 
     @register(dispatch_mode=getattr(Dispatch, "DP_MP_COMPUTE", None), clear_cache=False)
     def compute_rewards(self, data: Any) -> Any:

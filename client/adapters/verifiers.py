@@ -39,7 +39,14 @@ from typing import Any
 
 from ..errors import RLMEError
 from ..wire import Item
-from ._common import message_text, score_outcomes, scoring_for_call, shared_async_client, to_reference
+from ._common import (
+    first_reference,
+    message_text,
+    score_outcomes,
+    scoring_for_call,
+    shared_async_client,
+    timeout_s,
+)
 
 __all__ = ["reward", "judgment", "preference", "RewardFailed"]
 
@@ -108,7 +115,7 @@ def reply_of(trace: Any) -> str:
 
 
 def reference_of(task: Any) -> str | None:
-    return next((to_reference(v) for k in REFERENCE_FIELDS if (v := _field(task, k)) not in (None, "")), None)
+    return first_reference(task, REFERENCE_FIELDS)
 
 
 def _prompt_text(task: Any) -> str:
@@ -121,7 +128,7 @@ def _field(obj: Any, name: str) -> Any:
 
 
 def _timeout(options: Mapping[str, Any]) -> float:
-    return float(options.get("timeout_s") or os.environ.get("RLME_TIMEOUT_S") or 120.0)
+    return timeout_s(120.0, options.get("timeout_s"))
 
 
 async def _call(call: Any, options: Mapping[str, Any]) -> Any:

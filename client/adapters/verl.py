@@ -39,6 +39,7 @@ from ._common import (
     scoring_for_call,
     shared_async_client,
     shared_client,
+    timeout_s,
     to_prompt,
     to_prompt_text,
     to_reference,
@@ -124,7 +125,7 @@ async def compute_score_reward_loop(
     scoring = scoring_for_call(kwargs)
     client: AsyncRewardClient = kwargs.get("client") or shared_async_client()
     item = _item(solution_str, ground_truth, extra_info, scoring)
-    timeout = float(kwargs.get("timeout_s") or os.environ.get("RLME_TIMEOUT_S") or 300.0)
+    timeout = timeout_s(300.0, kwargs.get("timeout_s"))
     (outcome,) = await score_outcomes(client, [item], scoring, _step(extra_info), timeout)
     if outcome.computed is not None:
         return {"score": outcome.computed, "rlme_low_label_mass": 1.0}

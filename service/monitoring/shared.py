@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from rlme.service.monitoring.stats import StepStats
-from rlme.service.shared_store import epoch, redis_client
+from rlme.service.shared_store import Breaker, epoch, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,8 @@ class SharedRuns:
         self._put = self._redis.register_script(_PUT)
         self.prefix, self.replica, self.url = prefix, replica, url
         self._ttl_ms = int(ttl_s * 1000)
-        self._retry_s = retry_s
-        self._down_until = 0.0
+        self.breaker = Breaker(retry_s)
         self._on_error = on_error  # called with True when it answers again, False on a failure
-        self.up = True
         self._seen: dict[RunKey, int] = {}  # version of each run read so far
         self._others: dict[RunKey, dict[int, dict[str, StepStats]]] = {}  # step -> replica -> part
         self._unsent: dict[RunKey, dict[int, StepStats]] = {}  # own parts not yet written
@@ -149,8 +146,12 @@ class SharedRuns:
         self._seen[run] = int(max(score for _, score in changed))
         _trim(parts, self.max_steps)
 
+    @property
+    def up(self) -> bool:
+        return self.breaker.up
+
     def _sync(self, run: RunKey | None) -> None:
-        if not self.up and time.monotonic() < self._down_until:
+        if not self.breaker.may_ask():
             return
         try:
             now = epoch(self._redis, self.prefix)
@@ -171,17 +172,14 @@ class SharedRuns:
         self._answered()
 
     def _failed(self, exc: Exception) -> None:
-        self._down_until = time.monotonic() + self._retry_s
-        if self.up:
+        if self.breaker.failed():
             log.error("shared runs at %s failed (%r): this replica's view only, retrying", self.url, exc)
-        self.up = False
         if self._on_error is not None:
             self._on_error(False)
 
     def _answered(self) -> None:
-        if not self.up:
+        if self.breaker.answered():
             log.warning("shared runs at %s answer again; own parts sent, others read", self.url)
-            self.up = True
             if self._on_error is not None:
                 self._on_error(True)
 
