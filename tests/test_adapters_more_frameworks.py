@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 from argparse import Namespace
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -108,6 +109,27 @@ async def test_nemo_gym_verify_returns_rlmes_reward_and_masks_a_failure(server: 
     assert body["_ng_failure_class"] == "judge_failed" and "rlme" in body["_ng_failure_judge_error"]
     assert metrics["agent_metrics"]["rlme/failed_fraction"] == 0.5
     assert metrics["agent_metrics"]["mean/reward"] == pytest.approx(bodies[0]["reward"])
+
+
+async def test_nemo_gym_hostile_bodies_get_a_mask_or_a_422_never_a_500(server: str) -> None:
+    app = nemo_gym.create_app()
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gym", timeout=120) as gym,
+    ):
+        surrogate = json.dumps(gym_verify_body("4")).replace('"text": "4"', '"text": "4\\ud800"')
+        answer = await gym.post("/verify", content=surrogate, headers={"content-type": "application/json"})
+        assert answer.status_code == 422 and "surrogate" in answer.text  # named, as the service does
+        huge = await gym.post("/verify", json=gym_verify_body("4" * 100_000))  # the service answers 413
+        assert huge.status_code == 200 and huge.json()["_ng_failure_class"] == "judge_failed"
+        big = await gym.post("/verify", json={**gym_verify_body("4"), "task_id": 2**70})
+        assert big.json()["task_id"] == 2**70 and "_ng_failure_class" not in big.json()  # echoed, scored
+        for broken in ({"response": "text"}, {"response": {"output": "text"}},
+                       {**gym_verify_body("4"), "responses_create_params": {"input": 5}}):  # fmt: skip
+            refused = await gym.post("/verify", json=broken)
+            assert refused.status_code == 422, refused.text
+        odd = {"verify_responses": [None, {"reward": "x"}, {"reward": 0.5}]}
+        assert (await gym.post("/aggregate_metrics", json=odd)).json()["agent_metrics"]["mean/reward"] == 0.5
 
 
 def test_nemo_gym_reads_the_last_assistant_message() -> None:

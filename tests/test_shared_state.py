@@ -181,6 +181,9 @@ def test_two_service_processes_share_a_run_and_a_calibration(redis_server: Redis
     env = {
         "RLME_STATE_STORE__BACKEND": "redis",
         "RLME_STATE_STORE__REDIS_URL": redis_server.url,
+        # Two model servers share 2 cores: a 0.25 s Redis call can time out under that load, and
+        # the breaker would then show one replica its own view for 2 s. This test is about merging.
+        "RLME_STATE_STORE__TIMEOUT_S": "2",
         "RLME_MONITORING__CANARY_RATE": "0",  # probes are scored in the background: keep the run exact
         "RLME_MONITORING__ANCHOR_RATE": "0",
         "OMP_NUM_THREADS": "1",

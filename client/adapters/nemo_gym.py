@@ -33,7 +33,8 @@ from typing import Any
 
 from ..client import AsyncRewardClient
 from ..wire import Item
-from ._common import Outcome, Scoring, message_text, score_outcomes, to_reference
+from ..wire.base import check_text
+from ._common import Outcome, Scoring, first_reference, message_text, score_outcomes
 
 __all__ = ["create_app", "answer_text", "prompt_of", "verify_response"]
 
@@ -44,13 +45,17 @@ FAILURE_CLASS = "_ng_failure_class"  # nemo_gym/judge.py and rollout_collection.
 def answer_text(response: Mapping[str, Any]) -> str:
     """The policy's answer: the text of the last assistant message of `response.output`
     (reasoning items and tool calls are not the answer)."""
-    messages = [item for item in response.get("output") or [] if item.get("type") == "message"]
+    output = response.get("output") or []
+    messages = [item for item in output if isinstance(item, Mapping) and item.get("type") == "message"]
     if not messages:
         return ""
     content = messages[-1].get("content") or []
     if isinstance(content, str):
         return content
-    return "".join(part.get("text", "") for part in content if part.get("type") in ("output_text", "text"))
+    parts = [
+        part for part in content if isinstance(part, Mapping) and part.get("type") in ("output_text", "text")
+    ]
+    return "".join(str(part.get("text", "")) for part in parts)
 
 
 def prompt_of(params: Mapping[str, Any]) -> str | list[dict[str, str]]:
@@ -62,7 +67,7 @@ def prompt_of(params: Mapping[str, Any]) -> str | list[dict[str, str]]:
                                                {"role": "user", "content": given}]  # fmt: skip
     messages = [{"role": "system", "content": str(instructions)}] if instructions else []
     for message in given or []:
-        role = message.get("role")
+        role = message.get("role") if isinstance(message, Mapping) else None
         if role in ("system", "developer", "user", "assistant"):
             messages.append(
                 {
@@ -129,7 +134,7 @@ def create_app(
     before it is reported as failed (Gym's own HTTP timeout should be longer)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import Body, FastAPI
+    from fastapi import Body, FastAPI, HTTPException
 
     state: dict[str, Any] = {}
 
@@ -153,12 +158,20 @@ def create_app(
 
     @app.post("/verify")
     async def verify(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
-        reference = next((body[k] for k in REFERENCE_KEYS if body.get(k) not in (None, "")), None)
+        try:  # the body is echoed back: a lone surrogate could not be written out
+            check_text(body)
+        except ValueError as exc:
+            raise HTTPException(422, f"the body {exc}") from None
+        response, params = body.get("response"), body.get("responses_create_params") or {}
+        if not isinstance(response, dict) or not isinstance(response.get("output") or [], list):
+            raise HTTPException(422, "`response` must be an OpenAI Responses object with an `output` list")
+        if not isinstance(params, dict) or not isinstance(params.get("input") or "", str | list):
+            raise HTTPException(422, "`responses_create_params.input` must be text or a list of messages")
         try:
             item = Item(
-                prompt=prompt_of(body.get("responses_create_params") or {}),
-                response=answer_text(body.get("response") or {}),
-                reference=to_reference(reference) if batcher().scoring.send_reference else None,
+                prompt=prompt_of(params),
+                response=answer_text(response),
+                reference=first_reference(body, REFERENCE_KEYS) if batcher().scoring.send_reference else None,
             )
         except ValueError as exc:  # text the service would refuse: this rollout's reward failed
             return verify_response(body, Outcome(None, f"rlme: the rollout cannot be scored: {exc}"))
@@ -166,8 +179,10 @@ def create_app(
 
     @app.post("/aggregate_metrics")
     async def aggregate_metrics(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
-        rows = body.get("verify_responses") or []
-        scored = [r["reward"] for r in rows if r.get(FAILURE_CLASS) is None and "reward" in r]
+        given = body.get("verify_responses")
+        rows = [r for r in given if isinstance(r, dict)] if isinstance(given, list) else []
+        scored = [float(r["reward"]) for r in rows
+                  if r.get(FAILURE_CLASS) is None and isinstance(r.get("reward"), int | float)]  # fmt: skip
         failed = len(rows) - len(scored)
         metrics = {"mean/reward": sum(scored) / len(scored) if scored else None,
                    "rlme/failed_fraction": failed / len(rows) if rows else 0.0}  # fmt: skip

@@ -39,18 +39,18 @@ def lone_surrogate_at(text: str) -> int | None:
     return None if found is None else found.start()
 
 
-def _check_text(value: Any, where: str = "") -> None:
+def check_text(value: Any, where: str = "") -> None:
     if isinstance(value, str):
         at = lone_surrogate_at(value)
         if at is not None:
             raise ValueError(f"{where}{SURROGATE_MESSAGE} (U+{ord(value[at]):04X} at character {at})")
     elif isinstance(value, list | tuple):
         for i, element in enumerate(value):
-            _check_text(element, f"{where}[{i}] " if not where else f"{where.rstrip()}[{i}] ")
+            check_text(element, f"{where}[{i}] " if not where else f"{where.rstrip()}[{i}] ")
     elif isinstance(value, dict):
         for key, element in value.items():
-            _check_text(key, "a key ")
-            _check_text(element, f"[{key!r}] ")
+            check_text(key, "a key ")
+            check_text(element, f"[{key!r}] ")
 
 
 class _Wire(BaseModel):
@@ -60,5 +60,5 @@ class _Wire(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _text_is_text(cls, value: Any) -> Any:
-        _check_text(value)
+        check_text(value)
         return value
