@@ -22,7 +22,7 @@ class CalibrationRequest(_Wire):
     questions: list[MetaQuestion] | None = Field(default=None, description="Or `rubric`.")
     rubric: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     evaluator: str | None = Field(
-        default=None, max_length=MAX_NAME_CHARS, description="Default: the default evaluator."
+        default=None, min_length=1, max_length=MAX_NAME_CHARS, description="Default: the default evaluator."
     )
     held_out_fraction: float = Field(
         default=0.25, gt=0, lt=1, description="Share of each label's items kept out of the fit, for ECE."

@@ -111,7 +111,10 @@ class SamplingFields(_Wire):
     )
     template: JudgeTemplate | None = Field(None, description="An inline judge instead of a named one.")
     evaluator: str | None = Field(
-        None, max_length=MAX_NAME_CHARS, description="Which evaluator judges; default: the default one."
+        None,
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="Which evaluator judges; default: the default one.",
     )
 
     @model_validator(mode="after")
