@@ -8,6 +8,7 @@ reach into its engine and inject faults.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -162,11 +163,12 @@ def test_fuzzed_requests_never_get_a_5xx(server: ThreadedServer) -> None:
     # rewards, two framework routes, health (3), metrics, evaluators, rubrics; judgments,
     # comparisons, meta-judgments, judges; runs (JSON and page); calibrations (POST, GET)
     assert len(operations) == 17
+    scale = int(os.environ.get("RLME_FUZZ_SCALE", "1"))  # a longer hunt by hand: RLME_FUZZ_SCALE=8
     for operation in operations:
         # A valid judge request writes text (seconds on a CPU, even with the test limits).
         writes = operation.method.upper() == "POST" and operation.path in JUDGE_ROUTES
         settings = hypothesis.settings(
-            max_examples=6 if writes else 25,
+            max_examples=(6 if writes else 25) * scale,
             deadline=None,
             suppress_health_check=list(hypothesis.HealthCheck),
             database=None,
