@@ -122,6 +122,13 @@ class EvaluatorConfig(_Strict):
         description="Padded tokens per forward pass inside a batch; default 2048 on CPU "
         "(measured best on 2 cores), 32768 on CUDA.",
     )
+    tree_attention: Literal["auto", "flex", "dense"] = Field(
+        "auto",
+        description="How packed prefix-tree rows attend (transformers backend): 'flex' = block-sparse "
+        "flex attention where it pays (rows of many short branches), compiled at start-up; 'dense' = "
+        "SDPA with a dense tree mask; 'auto' = flex on CPU (measured: docs/benchmarks.md), dense on "
+        "CUDA until measured there, and dense wherever the kernel cannot be compiled.",
+    )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
     remote: RemoteOptions | None = None

@@ -31,6 +31,7 @@ from rlme.service.backends.base import (
     late_at,
 )
 from rlme.service.backends.prefix_tree import PackedRow, pack, tree_mask
+from rlme.service.backends.tree_attention import PLANS, TreeAttention, padded_width
 from rlme.service.errors import ServiceStopping
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import label_tokens
@@ -50,6 +51,7 @@ class TransformersBackend(LoadedState):
         super().__init__(config, cache_dir)
         self._model: Any = None
         self._abort = threading.Event()
+        self._tree: TreeAttention | None = None
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -74,6 +76,9 @@ class TransformersBackend(LoadedState):
             self._status = f"failed to load: {exc}"
             raise
         model = model.to(self.device).eval()  # type: ignore[arg-type]
+        mode = self.config.tree_attention
+        if mode == "flex" or (mode == "auto" and self.device.type == "cpu"):
+            self._tree = TreeAttention.create(model, padded_width(self.max_forward_tokens), flex=True)
         self._tokenizer, self._labels, self._model = tokenizer, labels, model
         self._max_model_len = self.config.max_model_len or int(
             getattr(model.config, "max_position_embeddings", 2048)
@@ -134,11 +139,18 @@ class TransformersBackend(LoadedState):
         for b, row in enumerate(rows):
             input_ids[b, : len(row.tokens)] = torch.tensor(row.tokens)
             position_ids[b, : len(row.tokens)] = torch.tensor(row.positions)
+        if self._tree is not None:
+            # unused by tree attention; a 4D mask tells transformers not to build one
+            mask = torch.ones((), dtype=torch.bool, device=self.device).expand(len(rows), 1, width, width)
+            plans = {PLANS: self._tree.plans(rows, width)}
+        else:
+            mask, plans = tree_mask(rows, width).to(self.device), {}
         hidden = model.get_decoder()(
             input_ids=input_ids.to(self.device),
-            attention_mask=tree_mask(rows, width).to(self.device),
+            attention_mask=mask,
             position_ids=position_ids.to(self.device),
             use_cache=False,
+            **plans,
         ).last_hidden_state  # (B, W, H)
         row_index = torch.tensor([b for b, row in enumerate(rows) for _ in row.answers])
         col_index = torch.tensor([c for row in rows for c in row.answers])

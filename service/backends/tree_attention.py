@@ -1,0 +1,255 @@
+"""Block-sparse attention over packed prefix-tree rows (flex attention), beside the dense mask.
+
+A packed row (prefix_tree.py) is a pre-order walk of the prefix tree, so the keys a query
+may attend to have a closed form: key j is on query i's path iff j <= i <= end[j], where
+end[j] is the last row index of j's subtree (the token before the first later token whose
+depth is not greater than j's). The mask is one integer a token, O(L) memory, instead of
+the dense (L x L) boolean of `tree_mask`; at the granularity of flex attention's 128 x 128
+blocks, the squares between sibling branches (the responses of a group, the questions of
+a response) are never computed, where SDPA with a dense mask computes every one.
+
+Block classes, for query block qb and key block kb:
+- kb > qb: empty;
+- kb < qb: full iff every key of kb reaches the whole query block (min end >= its last
+  query), partial iff some key reaches its first query (max end >= its first query);
+- kb == qb: partial (the causal diagonal), evaluated token by token by the rule above.
+
+When it pays (measured on 2 CPU cores, docs/benchmarks.md "Tree attention"): flex's CPU
+kernel does about half the work per block that SDPA's fused kernel does, so it wins only
+where at most DENSITY of a row's blocks are non-empty: GRPO rows of many ~200-token
+branches (about a third of the blocks) run their attention ~2x faster; a row that is one
+long response (a causal chain, about half the blocks) runs as fast either way and keeps
+the dense mask. `use_for` decides per forward pass.
+
+One compiled shape: each row is attended alone (batch 1), its queries, keys and values
+zero-padded to `width` (the backend's max_forward_tokens) inside the attention call only,
+so the linear layers never see the padding and Inductor compiles once per process
+(seconds; `warm_up` does it at setup; Inductor caches it on disk). Rows wider than `width`
+take the dense mask. The kernel needs a C++ compiler at run time; `TreeAttention.create`
+returns None where it cannot compile, and the backend keeps the dense mask.
+
+Memory for 8 responses of 4,000 tokens: such rows are wider than the CPU row budget (2,048)
+and take the dense path; on a GPU (budget 32,768) the mask is 4 bytes a token (128 KiB for
+the 32,768-token row) plus the block tables, 2 x (W/128)^2 int32 = 512 KiB, where the
+dense boolean mask would be 1 GiB.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlme.service.backends.prefix_tree import PackedRow
+
+log = logging.getLogger(__name__)
+
+BLOCK = 128
+DENSITY = 0.5  # flex when at most this share of a row's blocks is computed (measured)
+NAME = "rlme_tree"  # the attention implementation the model is switched to
+PLANS = "rlme_tree_plans"  # the keyword that carries one Plan a row through the model
+
+
+def padded_width(tokens: int) -> int:
+    """`tokens` rounded up to whole blocks."""
+    return -(-tokens // BLOCK) * BLOCK
+
+
+def subtree_ends(positions: Sequence[int], width: int) -> torch.Tensor:
+    """end[j] for every column of a row of `positions` (tree depths) padded to `width`;
+    a padding column ends at itself, so it attends only to itself."""
+    end = torch.arange(width)
+    stack: list[int] = []
+    for k, depth in enumerate(positions):
+        while stack and positions[stack[-1]] >= depth:
+            end[stack.pop()] = k - 1
+        stack.append(k)
+    for k in stack:
+        end[k] = len(positions) - 1
+    return end
+
+
+def block_kinds(ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial, full) boolean (Q, K) block tables of one row's `ends` (a multiple of BLOCK)."""
+    blocks = ends.numel() // BLOCK
+    by_block = ends.view(blocks, BLOCK)
+    first_query = torch.arange(blocks) * BLOCK
+    before = torch.arange(blocks)[None, :] < torch.arange(blocks)[:, None]  # (Q, K): kb < qb
+    reach_all = by_block.min(-1).values[None, :] >= (first_query + BLOCK - 1)[:, None]
+    reach_any = by_block.max(-1).values[None, :] >= first_query[:, None]
+    full = before & reach_all
+    partial = (before & reach_any & ~reach_all) | torch.eye(blocks, dtype=torch.bool)
+    return partial, full
+
+
+def density(rows: Sequence[PackedRow]) -> float:
+    """Share of all the rows' blocks that tree attention computes (partial or full)."""
+    computed = total = 0
+    for row in rows:
+        width = padded_width(len(row.tokens))
+        partial, full = block_kinds(subtree_ends(row.positions, width))
+        computed += int(partial.sum() + full.sum())
+        total += (width // BLOCK) ** 2
+    return computed / max(total, 1)
+
+
+def row_mask(ends: torch.Tensor) -> Any:
+    """The BlockMask of one row from its `ends` (a multiple of BLOCK), shared by every head."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    partial, full = block_kinds(ends)
+
+    def table(kinds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = kinds.sum(-1, dtype=torch.int32)[None, None]  # (1, 1, Q)
+        order = torch.argsort((~kinds).to(torch.int8), dim=-1, stable=True)  # that kind first
+        return counts, order.to(torch.int32)[None, None]  # (1, 1, Q, K)
+
+    def on_path(b: Any, h: Any, q: Any, kv: Any) -> Any:
+        return (kv <= q) & (q <= ends[kv])
+
+    (partial_counts, partial_index), (full_counts, full_index) = table(partial), table(full)
+    return BlockMask.from_kv_blocks(
+        partial_counts, partial_index, full_counts, full_index, BLOCK_SIZE=BLOCK, mask_mod=on_path
+    )
+
+
+def path_mask(ends: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Dense (1, 1, W - start, W) boolean mask of queries start.. of a row (the path rule)."""
+    width = ends.numel()
+    query, key = torch.arange(start, width)[:, None], torch.arange(width)[None, :]
+    return ((key <= query) & (query <= ends[None, :]))[None, None]
+
+
+def trunk_length(positions: Sequence[int], ends: torch.Tensor) -> int:
+    """Leading tokens that form a chain every later token descends from (the system text and
+    prompt; in a row that is one long response, the response too): plain causal attention."""
+    last, t = len(positions) - 1, 0
+    while t < len(positions) and positions[t] == t and int(ends[t]) == last:
+        t += 1
+    return t
+
+
+@dataclass
+class Plan:
+    """How one row attends: `flex` (a BlockMask), or causal over the first `trunk` tokens and
+    the dense path mask (`tail`) for the rest (trunk 0: the whole row dense)."""
+
+    flex: Any = None
+    trunk: int = 0
+    tail: torch.Tensor | None = None
+
+
+class TreeAttention:
+    """Per-row plans for packed rows of at most `width` tokens, and the attention function."""
+
+    def __init__(self, width: int, kernel: Any) -> None:
+        self.width = width
+        self.kernel = kernel  # torch.compile(flex_attention) for (1, H, width, D), or None
+
+    @classmethod
+    def create(cls, model: Any, width: int, flex: bool) -> TreeAttention:
+        """Switch `model` to tree attention, with the flex kernel compiled if `flex` and it can be
+        built here (a C++ compiler, a supported build); without it, trunk and dense plans only."""
+        tree = cls(width, None)
+        if flex:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, while compiling
+                    tree.compile(model)
+            except Exception as error:  # noqa: BLE001 - any failure means: no flex plans
+                tree.kernel = None
+                log.warning("flex attention unavailable (%s: %s)", type(error).__name__, error)
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+        AttentionInterface.register(NAME, tree.attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # generation builds SDPA masks
+        model.config._attn_implementation = NAME
+        return tree
+
+    def compile(self, model: Any) -> None:
+        """Compile now (and check the kernel runs), not on the first request."""
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self.kernel = torch.compile(flex_attention, dynamic=False)
+        config = model.config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        # the scale the layers pass (a float the compiled graph is specialised on)
+        scales = (getattr(m, "scaling", None) for m in model.modules())
+        scale = next((s for s in scales if isinstance(s, float)), head_dim**-0.5)
+        query = torch.zeros((1, heads, 3, head_dim), dtype=model.dtype, device=model.device)
+        key = torch.zeros((1, kv_heads, 3, head_dim), dtype=model.dtype, device=model.device)
+        with torch.inference_mode():  # as scoring runs: the mask's tensors must match it
+            plan = Plan(flex=row_mask(subtree_ends([0, 1, 1], self.width)))
+            out, _ = self.attention(None, query, key, key, None, scale, **{PLANS: [plan]})
+        if not bool(torch.isfinite(out).all()):
+            raise RuntimeError("the compiled kernel returned non-finite values")
+
+    def plans(self, rows: Sequence[PackedRow], width: int) -> list[Plan]:
+        """Flex where at most DENSITY of a row's blocks is computed; else a causal trunk and a
+        dense tail (a row of one long response: the tail is its questions)."""
+        plans = []
+        for row in rows:
+            if self.kernel is not None and len(row.tokens) <= self.width:
+                ends = subtree_ends(row.positions, self.width)
+                if density([row]) <= DENSITY:
+                    plans.append(Plan(flex=row_mask(ends)))
+                    continue
+            ends = subtree_ends(row.positions, width)
+            trunk = trunk_length(row.positions, ends)
+            plans.append(Plan(trunk=trunk, tail=path_mask(ends, trunk)))
+        return plans
+
+    def attention(
+        self,
+        module: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Any,
+        scaling: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        """A transformers attention function: each row by its plan with PLANS, else SDPA."""
+        plans = kwargs.pop(PLANS, None)
+        if plans is None:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, scaling=scaling, **kwargs
+            )
+        sdpa, length = torch.nn.functional.scaled_dot_product_attention, query.shape[2]
+        gqa = query.shape[1] != key.shape[1]
+        outs = []
+        for b, plan in enumerate(plans):  # (1, H, L, D) each
+            q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
+            if plan.flex is not None:  # padded to the one compiled shape, in attention only
+                q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, self.width - length)) for t in (q, k, v))
+                out = self.kernel(q, k, v, block_mask=plan.flex, scale=scaling, enable_gqa=gqa)[:, :, :length]
+            else:
+                t, tail = plan.trunk, plan.tail.to(q.device)
+                parts = (
+                    [
+                        sdpa(
+                            q[:, :, :t],
+                            k[:, :, :t],
+                            v[:, :, :t],
+                            is_causal=True,
+                            scale=scaling,
+                            enable_gqa=gqa,
+                        )
+                    ]
+                    if t
+                    else []
+                )
+                if t < length:
+                    parts.append(sdpa(q[:, :, t:], k, v, attn_mask=tail, scale=scaling, enable_gqa=gqa))
+                out = torch.cat(parts, dim=2)
+            outs.append(out)
+        return torch.cat(outs).transpose(1, 2).contiguous(), None  # (B, L, H, D)
