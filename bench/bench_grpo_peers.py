@@ -1,19 +1,23 @@
 """GRPO-shaped reward requests against the peers a user would pick, in one run.
 
-    python bench/bench_grpo_peers.py       # ~10 min on 2 CPU cores; needs vLLM (make bench-peers)
+    python bench/bench_grpo_peers.py       # ~20 min on 2 CPU cores; needs vLLM (make bench-peers)
 
-Workload (deterministic): 4 prompts x 8 responses x 3 meta-questions = 96 evaluations,
-prompts of ~100 and of ~1,000 tokens, responses of ~60, float32, SmolLM2-135M. Systems,
-interleaved in every repeat, best of N after a warm-up, every vLLM run from an empty
-prefix cache:
+Workloads (deterministic; 3 meta-questions each, float32, SmolLM2-135M):
+- short: 4 prompts of ~100 tokens x 8 responses of ~60 = 96 evaluations;
+- prompt1000: the same with prompts of ~1,000 tokens;
+- long: 2 prompts x 8 responses of ~800 tokens of step-by-step arithmetic = 48 evaluations.
+Systems, interleaved in every repeat, best of N after a warm-up, every vLLM run from an
+empty prefix cache, all scoring the same rendered token ids:
 (a) transformers in process, padded batches of 16 full evaluations (a TRL user's judge);
 (b) a vLLM OpenAI server given all evaluations in one /v1/completions request;
 (c) the same server, one request per evaluation, 16 in flight;
-(d) rlme over HTTP, transformers backend (prefix-tree packing);
-(e) rlme over HTTP, remote backend in front of (b)'s server.
-Reported: evaluations/s, ratios to the best peer, tokens computed, and for (a) and (d)
-the fraction of the machine's measured float32 matmul peak (2 x non-embedding parameters
-x tokens computed / time / peak; attention FLOPs left out, so it is a lower bound).
+(d) rlme over HTTP, transformers backend (prefix-tree packing, tree attention);
+(e) rlme over HTTP, remote backend in front of (b)'s server, `request_shape: waves`;
+(f) the same, `request_shape: batched`.
+Reported: evaluations/s, ratios to the best peer (of a-c) and of (e), (f) to the best
+direct way to call the server (b or c), tokens computed, and for (a) and (d) the fraction
+of the machine's measured float32 matmul peak (2 x non-embedding parameters x tokens
+computed / time / peak; attention FLOPs left out, so it is a lower bound).
 """
 
 from __future__ import annotations
@@ -69,6 +73,26 @@ def grpo_request(prompt_tokens: int, seed: int = 0) -> list[dict[str, str]]:
     return items
 
 
+def long_request(seed: int = 0) -> list[dict[str, str]]:
+    """2 prompts, 8 worked answers of ~800 tokens each (about 45 steps of arithmetic)."""
+    import random
+
+    rng, items = random.Random(seed), []
+    for p in range(2):
+        prompt = word_problem(rng, steps=3)["prompt"]
+        for g in range(8):
+            answer = word_problem(random.Random(f"{seed}-long-{p}-{g}"), steps=45)["response"]
+            items.append({"prompt": prompt, "response": answer})
+    return items
+
+
+WORKLOADS: dict[str, Callable[[], list[dict[str, str]]]] = {
+    "short": lambda: grpo_request(100),
+    "prompt1000": lambda: grpo_request(1000),
+    "long": long_request,
+}
+
+
 def matmul_peak(size: int = 1024, repeats: int = 20) -> float:
     """Best float32 FLOP/s of one square matmul on this machine."""
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -89,7 +113,7 @@ async def timed(run: Callable[[], Awaitable[Any]], reset: Callable[[], Awaitable
 
 async def measure(
     client: httpx.AsyncClient,
-    length: int,
+    workload: str,
     urls: dict[str, str],
     local: TransformersBackend,
     repeats: int,
@@ -100,7 +124,7 @@ async def measure(
     body_params = sum(p.numel() for n, p in hf.named_parameters() if "embed" not in n)
     questions = [MetaQuestion(**q) for q in QUESTIONS]
 
-    items = grpo_request(length)
+    items = WORKLOADS[workload]()
     tasks = [build_task(tokenizer, DEFAULT_SYSTEM_PROMPT, Item(**i), questions) for i in items]
     sequences = [list(s) for t in tasks for s in t.sequences]
     n = len(sequences)
@@ -164,8 +188,12 @@ async def measure(
             lambda: service(urls["ours"], "(d) rlme, transformers backend"),
             no_reset,
         ),
-        "(e) rlme, remote in front of (b)": (
-            lambda: service(urls["remote"], "(e) rlme, remote in front of (b)"),
+        "(e) rlme, remote in front of (b), waves": (
+            lambda: service(urls["waves"], "(e) rlme, remote in front of (b), waves"),
+            reset,
+        ),
+        "(f) rlme, remote in front of (b), batched": (
+            lambda: service(urls["batched"], "(f) rlme, remote in front of (b), batched"),
             reset,
         ),
     }
@@ -181,6 +209,7 @@ async def measure(
         "(c) vLLM, per evaluation, 16 in flight",
     )
     strongest = min(peers, key=lambda k: best[k])
+    direct = min(peers[1:], key=lambda k: best[k])  # the best way to call the vLLM server
     rows = {}
     for name, seconds in best.items():
         rows[name] = {
@@ -188,16 +217,22 @@ async def measure(
             "ratio_to_best_peer": best[strongest] / seconds,
             "tokens_computed": computed.get(name),
         }
+        if name.startswith(("(e)", "(f)")):
+            rows[name]["ratio_to_best_direct_vllm"] = best[direct] / seconds
         if name.startswith(("(a)", "(d)")):
             rows[name]["matmul_peak_fraction"] = 2 * body_params * computed[name] / seconds / peak
-    result = {"evaluations": n, "tokens": total_tokens, "best_peer": strongest, "systems": rows}
-    print(f"\n~{length}-token prompts: {n} evaluations, {total_tokens} tokens; best peer {strongest}")
-    print("| system | eval/s | vs best peer | tokens computed | matmul peak |")
-    print("|---|---|---|---|---|")
+    result = {
+        "evaluations": n, "tokens": total_tokens, "best_peer": strongest, "best_direct": direct,
+        "systems": rows,
+    }  # fmt: skip
+    print(f"\n{workload}: {n} evaluations, {total_tokens} tokens; best peer {strongest}")
+    print("| system | eval/s | vs best peer | vs best direct vLLM | tokens computed | matmul peak |")
+    print("|---|---|---|---|---|---|")
     for name, row in rows.items():
         frac = f"{row['matmul_peak_fraction']:.0%}" if "matmul_peak_fraction" in row else "-"
+        versus = f"{row['ratio_to_best_direct_vllm']:.2f}x" if "ratio_to_best_direct_vllm" in row else "-"
         print(
-            f"| {name} | {row['eval_per_s']:.1f} | {row['ratio_to_best_peer']:.2f}x | "
+            f"| {name} | {row['eval_per_s']:.2f} | {row['ratio_to_best_peer']:.2f}x | {versus} | "
             f"{row['tokens_computed']} | {frac} |"
         )
     return result
@@ -206,22 +241,28 @@ async def measure(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "grpo_peers.json")
     args = parser.parse_args()
     model = resolve_model(EMBEDDED, Settings.load().cache_dir)
     peak = matmul_peak()
-    local = TransformersBackend(EvaluatorConfig(dtype="float32"), Settings.load().cache_dir)
+    # (a) is plain transformers: SDPA with its own padding mask, not our tree attention
+    local = TransformersBackend(
+        EvaluatorConfig(dtype="float32", tree_attention="dense"), Settings.load().cache_dir
+    )
     local.setup()
     report: dict[str, Any] = {"matmul_peak_gflops": peak / 1e9, "workloads": {}}
     server = vllm_server(model)
-    remote = rlme_remote(model, server.url)
+    remotes = {shape: rlme_remote(model, server.url, shape) for shape in ("waves", "batched")}
     with start_server(Path(tempfile.mkdtemp(prefix="rlme-bench-"))) as ours_url:
-        urls = {"vllm": server.url, "remote": remote.url, "ours": ours_url}
+        urls = {"vllm": server.url, "ours": ours_url, **{k: r.url for k, r in remotes.items()}}
         async with httpx.AsyncClient(timeout=1800) as client:
-            for length in args.lengths:
-                report["workloads"][length] = await measure(client, length, urls, local, args.repeats, peak)
-    remote.stop()
+            for workload in args.workloads:
+                report["workloads"][workload] = await measure(
+                    client, workload, urls, local, args.repeats, peak
+                )
+    for remote in remotes.values():
+        remote.stop()
     server.stop()
     print(f"\nfloat32 matmul peak {peak / 1e9:.1f} GFLOP/s; best of {args.repeats}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

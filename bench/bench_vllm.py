@@ -92,11 +92,12 @@ def vllm_server(model: Path) -> Process:
     return Process(command, f"http://127.0.0.1:{port}", {**VLLM_ENV, "VLLM_SERVER_DEV_MODE": "1"}, "vllm")
 
 
-def rlme_remote(model: Path, vllm_url: str) -> Process:
+def rlme_remote(model: Path, vllm_url: str, shape: str = "waves") -> Process:
     port = free_port()
+    remote = {"urls": [vllm_url], "served_model": SERVED, "timeout_s": 600, "request_shape": shape}
     evaluator = {
         "name": "default", "backend": "remote", "model": str(model), "max_model_len": MAX_MODEL_LEN,
-        "remote": {"urls": [vllm_url], "served_model": SERVED, "timeout_s": 600},
+        "remote": remote,
         # vLLM schedules tokens itself: one request's items go out as one batch.
         "batching": {"max_batch_evaluations": 256, "max_batch_tokens": 131072},
     }  # fmt: skip

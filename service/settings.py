@@ -85,6 +85,12 @@ class RemoteOptions(_Strict):
     max_batch_prompts: int = Field(
         256, ge=1, description="Evaluations per `/v1/completions` request (a list prompt)."
     )
+    request_shape: Literal["waves", "batched"] = Field(
+        "waves",
+        description="How a batch goes to a replica: 'waves' = every item's first question, then the "
+        "rest (which find the item's prefix cached); 'batched' = all evaluations in one list-prompt "
+        "request (the engine's scheduler finds what is shared). Chosen by bench/bench_grpo_peers.py.",
+    )
 
 
 class EvaluatorConfig(_Strict):

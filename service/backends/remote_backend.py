@@ -356,12 +356,14 @@ class RemoteBackend(EventLoopState):
         return pending
 
     async def _score_group(self, replica: Replica, tasks: list[ScoringTask]) -> list[TaskResult]:
-        """Every item's first question, then the rest (which find the item's prefix cached)."""
+        """Every item's first question, then the rest (which find the item's prefix cached);
+        or all of them at once (`request_shape: batched`)."""
         first = [(t, 0, task.sequences[0]) for t, task in enumerate(tasks)]
         rest = [(t, k, s) for t, task in enumerate(tasks) for k, s in enumerate(task.sequences) if k]
+        waves = (first, rest) if self.options.request_shape == "waves" else (first + rest,)
         scores: dict[tuple[int, int], LabelLogprobs] = {}
         cached = [0] * len(tasks)
-        for wave in (first, rest):
+        for wave in waves:
             by_labels: dict[tuple[tuple[int, ...], ...], list[tuple[int, int, tuple[int, ...]]]] = {}
             for entry in wave:
                 by_labels.setdefault(tasks[entry[0]].labels_or(self.labels), []).append(entry)
