@@ -36,6 +36,15 @@ def test_a_full_row_starts_another_and_no_sharing_means_a_row_each() -> None:
     assert [r.tokens for r in pack(sequences, budget=100, share=False)] == [list(s) for s in sequences]
 
 
+def test_the_questions_of_a_response_longer_than_the_budget_share_its_row() -> None:
+    response = list(range(10, 30))  # 20 tokens, budget 8
+    rows = pack([[*response, 1], [*response, 2], [*response, 3, 3], [5, 6]], budget=8)
+    assert [r.tokens for r in rows] == [[5, 6], [*response, 1, 2, 3, 3]]
+    assert rows[1].shared == [0, 20, 20]
+    too_many = pack([[*response, k] for k in range(300)], budget=8)  # room for 256 more
+    assert [len(r.tokens) for r in too_many] == [21 + 256, 21 + 42]
+
+
 @pytest.mark.model
 def test_grpo_request_scores_equal_scoring_from_scratch_with_the_trees_tokens() -> None:
     """4 prompts x 4 responses x 3 questions: scores equal from-scratch (float32, 1e-4),

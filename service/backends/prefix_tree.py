@@ -13,7 +13,9 @@ Memory: the attention mask is dense (row length squared), so a row holds at most
 `budget` tokens; the sequence that would pass it starts a new row, which recomputes the
 prefix it shares with the previous row (sorted order keeps such splits rare: they fall
 between prompts as long as one prompt's subtree fits). A sequence longer than the budget
-gets a row of its own.
+starts a row of its own with room for LONG_ROW_ROOM more tokens, so its siblings (the
+other questions of a long response) join it instead of recomputing the response: such
+a row holds at most its first sequence's length + LONG_ROW_ROOM tokens.
 """
 
 from __future__ import annotations
@@ -38,18 +40,23 @@ class PackedRow:
     shared: list[int] = field(default_factory=list)  # tokens each member did not recompute
 
 
+LONG_ROW_ROOM = 256  # tokens for the siblings of a sequence longer than the budget
+
+
 def pack(sequences: Sequence[Sequence[int]], budget: int, share: bool = True) -> list[PackedRow]:
     """Rows of the prefix tree of `sequences`; `share=False` gives one row per sequence."""
     rows: list[PackedRow] = []
     row: PackedRow | None = None
     previous: Sequence[int] = ()
     path: list[int] = []  # row index of the previous sequence's token at each depth
+    capacity = budget
     for index in sorted(range(len(sequences)), key=lambda i: tuple(sequences[i])):
         sequence = sequences[index]
         lcp = common_prefix_len((previous, sequence)) if row is not None and share else 0
-        if row is None or not share or (row.tokens and len(row.tokens) + len(sequence) - lcp > budget):
+        if row is None or not share or (row.tokens and len(row.tokens) + len(sequence) - lcp > capacity):
             row, lcp, path = PackedRow(), 0, []
             rows.append(row)
+            capacity = budget if len(sequence) <= budget else len(sequence) + LONG_ROW_ROOM
         start = len(row.tokens)
         path = path[:lcp] + list(range(start, start + len(sequence) - lcp))
         row.tokens.extend(sequence[lcp:])
