@@ -75,7 +75,14 @@ class TransformersBackend(LoadedState):
         except Exception as exc:
             self._status = f"failed to load: {exc}"
             raise
-        model = model.to(self.device).eval()  # type: ignore[arg-type]
+        self.adopt(model, tokenizer, labels)
+        log.info("evaluator %r loaded from %s on %s (%s)", self.config.name, path, self.device, self.dtype)
+
+    def adopt(self, model: Any, tokenizer: Any, labels: Any = None) -> None:
+        """Serve `model` (loaded by setup, or built elsewhere: bench/gpu_bench.py)."""
+        if labels is None:
+            labels = label_tokens(tokenizer, self.config.yes_words, self.config.no_words)
+        model = model.to(self.device).eval()
         mode = self.config.tree_attention
         if mode == "flex" or (mode == "auto" and self.device.type == "cpu"):
             self._tree = TreeAttention.create(model, padded_width(self.max_forward_tokens), flex=True)
@@ -84,7 +91,6 @@ class TransformersBackend(LoadedState):
             getattr(model.config, "max_position_embeddings", 2048)
         )
         self._status = "ok"
-        log.info("evaluator %r loaded from %s on %s (%s)", self.config.name, path, self.device, self.dtype)
 
     def health(self) -> str:
         return self._status
@@ -142,7 +148,7 @@ class TransformersBackend(LoadedState):
         if self._tree is not None:
             # unused by tree attention; a 4D mask tells transformers not to build one
             mask = torch.ones((), dtype=torch.bool, device=self.device).expand(len(rows), 1, width, width)
-            plans = {PLANS: self._tree.plans(rows, width)}
+            plans = {PLANS: self._tree.plans(rows, width, self.device)}
         else:
             mask, plans = tree_mask(rows, width).to(self.device), {}
         hidden = model.get_decoder()(

@@ -14,24 +14,30 @@ Block classes, for query block qb and key block kb:
   query), partial iff some key reaches its first query (max end >= its first query);
 - kb == qb: partial (the causal diagonal), evaluated token by token by the rule above.
 
-When it pays (measured on 2 CPU cores, docs/benchmarks.md "Tree attention"): flex's CPU
-kernel does about half the work per block that SDPA's fused kernel does, so it wins only
-where at most DENSITY of a row's blocks are non-empty: GRPO rows of many ~200-token
-branches (about a third of the blocks) run their attention ~2x faster; a row that is one
-long response (a causal chain, about half the blocks) runs as fast either way and keeps
-the dense mask. `use_for` decides per forward pass.
+Each row attends by one of two plans (`TreeAttention.plans`, per row):
+- flex: where at most DENSITY of the row's blocks are computed. Flex's CPU kernel runs
+  a block at about half the speed of SDPA's fused kernel (measured on 2 cores), so
+  it pays where siblings abound: a GRPO row of many ~200-token branches computes about a
+  third of its blocks, and its attention runs ~2x faster than with the dense mask;
+- trunk: otherwise. The leading chain every later token descends from (system text and
+  prompt; in a row that is one long response, the response too) attends by SDPA's causal
+  kernel, which skips the upper triangle; only the rest of the row (a long response's
+  questions) uses a dense mask, of its own rows only. A row that is one long response
+  with its questions then costs about half the attention of the dense mask.
 
 One compiled shape: each row is attended alone (batch 1), its queries, keys and values
 zero-padded to `width` (the backend's max_forward_tokens) inside the attention call only,
 so the linear layers never see the padding and Inductor compiles once per process
-(seconds; `warm_up` does it at setup; Inductor caches it on disk). Rows wider than `width`
-take the dense mask. The kernel needs a C++ compiler at run time; `TreeAttention.create`
-returns None where it cannot compile, and the backend keeps the dense mask.
+(seconds at start-up, `compile`; cached on disk by Inductor). The kernel needs a C++
+compiler at run time; where it cannot be built the trunk plan is used for every row.
 
-Memory for 8 responses of 4,000 tokens: such rows are wider than the CPU row budget (2,048)
-and take the dense path; on a GPU (budget 32,768) the mask is 4 bytes a token (128 KiB for
-the 32,768-token row) plus the block tables, 2 x (W/128)^2 int32 = 512 KiB, where the
-dense boolean mask would be 1 GiB.
+Memory for 8 responses of 4,000 tokens x 3 questions (CPU, max_forward_tokens 2,048):
+each response and its questions form one row of ~4,100 tokens (prefix_tree.LONG_ROW_ROOM),
+one row a forward pass, trunk plan: the causal kernel keeps O(L) state, the tail mask is
+(W - trunk) x W booleans (~50 x 4,100 = 200 KB), activations ~W x (hidden + MLP) floats
+a layer. The dense mask of the same row would be 4,100^2 booleans = 17 MB; on a GPU
+(rows of up to 32,768 tokens) a flex row's mask is 4 bytes a token plus 2 x (W/128)^2
+int32 block tables (512 KiB), where a dense mask is 1 GiB.
 """
 
 from __future__ import annotations
@@ -97,16 +103,17 @@ def density(rows: Sequence[PackedRow]) -> float:
     return computed / max(total, 1)
 
 
-def row_mask(ends: torch.Tensor) -> Any:
+def row_mask(ends: torch.Tensor, device: torch.device | None = None) -> Any:
     """The BlockMask of one row from its `ends` (a multiple of BLOCK), shared by every head."""
     from torch.nn.attention.flex_attention import BlockMask
 
     partial, full = block_kinds(ends)
+    ends = ends.to(device)
 
     def table(kinds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         counts = kinds.sum(-1, dtype=torch.int32)[None, None]  # (1, 1, Q)
         order = torch.argsort((~kinds).to(torch.int8), dim=-1, stable=True)  # that kind first
-        return counts, order.to(torch.int32)[None, None]  # (1, 1, Q, K)
+        return counts.to(device), order.to(torch.int32)[None, None].to(device)  # (1, 1, Q, K)
 
     def on_path(b: Any, h: Any, q: Any, kv: Any) -> Any:
         return (kv <= q) & (q <= ends[kv])
@@ -141,6 +148,19 @@ class Plan:
     flex: Any = None
     trunk: int = 0
     tail: torch.Tensor | None = None
+
+
+def trunk_then_tail(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scale: float | None, gqa: bool
+) -> torch.Tensor:
+    """One row by its trunk plan: causal SDPA over the trunk, the tail's rows with its mask."""
+    sdpa, t, length = torch.nn.functional.scaled_dot_product_attention, plan.trunk, q.shape[2]
+    parts = []
+    if t:
+        parts.append(sdpa(q[:, :, :t], k[:, :, :t], v[:, :, :t], is_causal=True, scale=scale, enable_gqa=gqa))
+    if t < length:
+        parts.append(sdpa(q[:, :, t:], k, v, attn_mask=plan.tail, scale=scale, enable_gqa=gqa))
+    return torch.cat(parts, dim=2)
 
 
 class TreeAttention:
@@ -186,12 +206,12 @@ class TreeAttention:
         query = torch.zeros((1, heads, 3, head_dim), dtype=model.dtype, device=model.device)
         key = torch.zeros((1, kv_heads, 3, head_dim), dtype=model.dtype, device=model.device)
         with torch.inference_mode():  # as scoring runs: the mask's tensors must match it
-            plan = Plan(flex=row_mask(subtree_ends([0, 1, 1], self.width)))
+            plan = Plan(flex=row_mask(subtree_ends([0, 1, 1], self.width), model.device))
             out, _ = self.attention(None, query, key, key, None, scale, **{PLANS: [plan]})
         if not bool(torch.isfinite(out).all()):
             raise RuntimeError("the compiled kernel returned non-finite values")
 
-    def plans(self, rows: Sequence[PackedRow], width: int) -> list[Plan]:
+    def plans(self, rows: Sequence[PackedRow], width: int, device: torch.device | None = None) -> list[Plan]:
         """Flex where at most DENSITY of a row's blocks is computed; else a causal trunk and a
         dense tail (a row of one long response: the tail is its questions)."""
         plans = []
@@ -199,11 +219,11 @@ class TreeAttention:
             if self.kernel is not None and len(row.tokens) <= self.width:
                 ends = subtree_ends(row.positions, self.width)
                 if density([row]) <= DENSITY:
-                    plans.append(Plan(flex=row_mask(ends)))
+                    plans.append(Plan(flex=row_mask(ends, device)))
                     continue
             ends = subtree_ends(row.positions, width)
             trunk = trunk_length(row.positions, ends)
-            plans.append(Plan(trunk=trunk, tail=path_mask(ends, trunk)))
+            plans.append(Plan(trunk=trunk, tail=path_mask(ends, trunk).to(device)))
         return plans
 
     def attention(
@@ -224,7 +244,7 @@ class TreeAttention:
             return sdpa_attention_forward(
                 module, query, key, value, attention_mask, scaling=scaling, **kwargs
             )
-        sdpa, length = torch.nn.functional.scaled_dot_product_attention, query.shape[2]
+        length = query.shape[2]
         gqa = query.shape[1] != key.shape[1]
         outs = []
         for b, plan in enumerate(plans):  # (1, H, L, D) each
@@ -233,23 +253,6 @@ class TreeAttention:
                 q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, self.width - length)) for t in (q, k, v))
                 out = self.kernel(q, k, v, block_mask=plan.flex, scale=scaling, enable_gqa=gqa)[:, :, :length]
             else:
-                t, tail = plan.trunk, plan.tail.to(q.device)
-                parts = (
-                    [
-                        sdpa(
-                            q[:, :, :t],
-                            k[:, :, :t],
-                            v[:, :, :t],
-                            is_causal=True,
-                            scale=scaling,
-                            enable_gqa=gqa,
-                        )
-                    ]
-                    if t
-                    else []
-                )
-                if t < length:
-                    parts.append(sdpa(q[:, :, t:], k, v, attn_mask=tail, scale=scaling, enable_gqa=gqa))
-                out = torch.cat(parts, dim=2)
+                out = trunk_then_tail(q, k, v, plan, scaling, gqa)
             outs.append(out)
         return torch.cat(outs).transpose(1, 2).contiguous(), None  # (B, L, H, D)
