@@ -5,7 +5,8 @@ prefill each) or a GenerationTask (a judge prompt and its N samples). A batch ho
 kind of work, so the engine gets its prefills and its decoding in separate calls. Tasks wait
 in a FairQueue, so tenants are served in weighted fair order. A worker
 takes the first queued task, waits up to `max_wait_ms` for company, and flushes when the
-batch reaches `max_batch_evaluations` or the next task would pass `max_batch_tokens`.
+batch reaches `max_batch_evaluations` or the next task would pass `max_batch_tokens` (tokens
+to compute, shared prefixes once: `new_tokens`).
 The backend runs in a worker thread so the event loop keeps accepting requests. Up to
 `concurrency` batches are in the engine at once (1 for transformers; engines with their
 own scheduler, vLLM and remote servers, overlap several); the next batch is collected
@@ -26,15 +27,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rlme.service.backends.base import Backend, GenerationResult, TaskResult, Work, run_batch
+from rlme.service.backends.base import Backend, GenerationResult, ScoringTask, TaskResult, Work, run_batch
 from rlme.service.errors import DeadlineExceeded, Overloaded, ServiceError, ServiceStopping
 from rlme.service.fair_queue import FairQueue
+from rlme.service.prompting import common_prefix_len
 from rlme.service.settings import BatchingConfig
 
 log = logging.getLogger(__name__)
 
 
 Outcome = TaskResult | GenerationResult
+
+
+def new_tokens(task: Work, previous: Work | None) -> int:
+    """Tokens `task` adds to a batch whose last task is `previous`: for a scoring task, its own
+    prefix tree (the item's shared prefix once) less the prefix its first evaluation shares
+    with `previous`'s (a GRPO group's prompt is counted once, as the engines compute it); for
+    a judge prompt, its tokens. A batch is cut at max_batch_tokens of these."""
+    if not isinstance(task, ScoringTask):
+        return task.prompt_tokens
+    own = task.prompt_tokens - task.shared_tokens
+    if isinstance(previous, ScoringTask):
+        own -= common_prefix_len((previous.sequences[0], task.sequences[0]))
+    return max(own, 1)
 
 
 @dataclass
@@ -155,21 +170,22 @@ class Batcher:
     async def _collect(self) -> list[Pending]:
         first = await self._next(None)
         assert first is not None
-        batch, evaluations, tokens = [first], first.evaluations, first.task.prompt_tokens
+        batch, evaluations, tokens = [first], first.evaluations, new_tokens(first.task, None)
         flush_at = time.monotonic() + self.config.max_wait_ms / 1000
         while evaluations < self.config.max_batch_evaluations:
             pending = await self._next(flush_at - time.monotonic())
             if pending is None:
                 break
+            cost = new_tokens(pending.task, batch[-1].task)
             too_many = evaluations + pending.evaluations > self.config.max_batch_evaluations
-            too_long = tokens + pending.task.prompt_tokens > self.config.max_batch_tokens
+            too_long = tokens + cost > self.config.max_batch_tokens
             other_kind = type(pending.task) is not type(first.task)
             if too_many or too_long or other_kind:
                 self._carry = pending
                 break
             batch.append(pending)
             evaluations += pending.evaluations
-            tokens += pending.task.prompt_tokens
+            tokens += cost
         return batch
 
     async def _run(self) -> None:

@@ -37,7 +37,12 @@ class _Strict(BaseModel):
 
 class BatchingConfig(_Strict):
     max_batch_evaluations: int = Field(64, ge=1, description="Flush when this many are queued.")
-    max_batch_tokens: int = Field(16384, ge=1, description="Flush before exceeding this many prompt tokens.")
+    max_batch_tokens: int = Field(
+        16384,
+        ge=1,
+        description="Flush before exceeding this many prompt tokens to compute (an item's shared "
+        "prefix and a group's shared prompt counted once).",
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="Longest a first arrival waits for company.")
     max_queue_evaluations: int = Field(4096, ge=1, description="Beyond this, answer 429.")
     max_concurrent_batches: int | None = Field(
@@ -85,11 +90,13 @@ class RemoteOptions(_Strict):
     max_batch_prompts: int = Field(
         256, ge=1, description="Evaluations per `/v1/completions` request (a list prompt)."
     )
-    request_shape: Literal["waves", "batched"] = Field(
-        "waves",
-        description="How a batch goes to a replica: 'waves' = every item's first question, then the "
+    request_shape: Literal["auto", "waves", "batched", "per_evaluation"] = Field(
+        "auto",
+        description="How a batch goes to a replica: 'auto' = the fastest of the others, measured on "
+        "the live traffic (request_shapes.py); 'waves' = every item's first question, then the "
         "rest (which find the item's prefix cached); 'batched' = all evaluations in one list-prompt "
-        "request (the engine's scheduler finds what is shared). Chosen by bench/bench_grpo_peers.py.",
+        "request; 'per_evaluation' = one request each, max_concurrency in flight. Measured in "
+        "bench/bench_grpo_peers.py (docs/benchmarks.md).",
     )
 
 

@@ -103,6 +103,20 @@ async def test_flushes_before_the_token_budget() -> None:
     await batcher.stop()
 
 
+async def test_a_groups_shared_prompt_counts_once_against_the_token_budget() -> None:
+    """Five answers to one 90-token prompt: 500 prompt tokens, but 90 + 5 x 10 to compute."""
+    backend = RecordingBackend()
+    batcher = await started(backend, max_wait_ms=50, max_batch_tokens=250)
+    prompt = tuple(range(3, 93))
+    group = [
+        ScoringTask(sequences=((*prompt, *range(100 + 10 * i, 110 + 10 * i)),), prefix_len=99)
+        for i in range(5)
+    ]
+    await asyncio.gather(*(batcher.submit(t, far()) for t in group))
+    assert backend.batches == [5]
+    await batcher.stop()
+
+
 async def test_full_queue_answers_overloaded_with_retry_after() -> None:
     backend = RecordingBackend()
     backend.gate.clear()  # the engine is busy
