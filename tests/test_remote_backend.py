@@ -124,6 +124,30 @@ async def test_remote_scores_equal_the_transformers_backend(
     assert_same_scores(ours.json(), reference.json())
 
 
+async def test_the_batched_request_shape_scores_the_same(
+    servers: list[VLLMServer], client: httpx.AsyncClient
+) -> None:
+    """`request_shape: batched` (one list-prompt request a batch instead of two waves)."""
+    evaluator = {
+        "name": "default",
+        "backend": "remote",
+        "max_model_len": TEST_MAX_MODEL_LEN,
+        "remote": {
+            "urls": [servers[0].url],
+            "served_model": VLLMServer.SERVED_NAME,
+            "request_shape": "batched",
+        },
+    }
+    body = {"items": [*ITEMS, LONG_ITEM], "questions": QUESTIONS}
+    async with loaded_app(service_settings(evaluators=[evaluator])) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://rlme", timeout=300) as batched:
+            ours = await batched.post("/v1/rewards", json=body)
+    reference = await client.post("/v1/rewards", json=body)
+    assert ours.status_code == 200, ours.text
+    assert_same_scores(ours.json(), reference.json())
+
+
 async def test_remote_judges_write_and_read_like_the_transformers_backend(
     remote_client: httpx.AsyncClient, client: httpx.AsyncClient
 ) -> None:

@@ -3,16 +3,16 @@
 Judges' generation is one `POST {url}/v1/completions` per prompt with `n` samples (the
 server batches decoding continuously).
 
-Scoring sends each flushed batch to a replica as list-prompt `POST {url}/v1/completions`
-requests (token ids, `max_tokens=1`, `logprob_token_ids` = the label ids, which vLLM
->= 0.32 answers with exactly those tokens' full-vocabulary log-probs), in two waves:
-first every item's first question, then all its other questions. A batched request is
-scheduled before any of its prompts is cached, so the first wave computes each item's
-shared prefix once and the second finds it in the server's prefix cache. Per-evaluation
-requests cost the server ~0.15 s each on a small CPU machine (measured in
-`bench/bench_grpo_peers.py`), so two requests per batch instead of one per evaluation is
-most of the gain. Token ids, not text, so the server scores the very tokens the
-transformers backend would.
+Scoring sends each flushed batch to a replica as `POST {url}/v1/completions` requests
+(token ids, `max_tokens=1`, `logprob_token_ids` = the label ids, which vLLM >= 0.32
+answers with exactly those tokens' full-vocabulary log-probs), shaped by
+`remote.request_shape`: `waves` (list-prompt requests of every item's first question,
+then of all its other questions, which find the item's prefix in the server's prefix
+cache), `batched` (one list-prompt request), `per_evaluation` (one request each, up to
+max_concurrency in flight), or `auto`, the default: the fastest of the three, measured on
+the live traffic (request_shapes.py). Which wins differs by engine, machine and workload
+(measured in `bench/bench_grpo_peers.py`). Token ids, not text, so the server scores the
+very tokens the transformers backend would.
 
 Routing: all questions of an item go to one replica, chosen by rendezvous hashing of the
 item's shared prefix over the healthy replicas, so that replica's prefix cache holds the
@@ -53,6 +53,7 @@ from rlme.service.backends.base import (
     logsumexp,
     until_deadline,
 )
+from rlme.service.backends.request_shapes import ShapeChooser
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import SAMPLE_ITEM, SAMPLE_QUESTION, encode, label_tokens, render
 from rlme.service.settings import EvaluatorConfig, RemoteOptions
@@ -111,6 +112,7 @@ class RemoteBackend(EventLoopState):
         self._client: httpx.AsyncClient | None = None
         self._transport = transport
         self._checker: asyncio.Task[None] | None = None
+        self._shapes = ShapeChooser() if self.options.request_shape == "auto" else None
 
     # --- start-up and health -------------------------------------------------------------
 
@@ -357,10 +359,14 @@ class RemoteBackend(EventLoopState):
 
     async def _score_group(self, replica: Replica, tasks: list[ScoringTask]) -> list[TaskResult]:
         """Every item's first question, then the rest (which find the item's prefix cached);
-        or all of them at once (`request_shape: batched`)."""
+        or all at once, in one list-prompt request (`batched`) or one request each, at most
+        max_concurrency in flight (`per_evaluation`)."""
         first = [(t, 0, task.sequences[0]) for t, task in enumerate(tasks)]
         rest = [(t, k, s) for t, task in enumerate(tasks) for k, s in enumerate(task.sequences) if k]
-        waves = (first, rest) if self.options.request_shape == "waves" else (first + rest,)
+        shape = self._shapes.pick() if self._shapes else self.options.request_shape
+        started = time.monotonic()
+        waves = (first, rest) if shape == "waves" else (first + rest,)
+        per_request = 1 if shape == "per_evaluation" else self.options.max_batch_prompts
         scores: dict[tuple[int, int], LabelLogprobs] = {}
         cached = [0] * len(tasks)
         for wave in waves:
@@ -368,9 +374,9 @@ class RemoteBackend(EventLoopState):
             for entry in wave:
                 by_labels.setdefault(tasks[entry[0]].labels_or(self.labels), []).append(entry)
             requests = [
-                (labels, entries[at : at + self.options.max_batch_prompts])
+                (labels, entries[at : at + per_request])
                 for labels, entries in by_labels.items()
-                for at in range(0, len(entries), self.options.max_batch_prompts)
+                for at in range(0, len(entries), per_request)
             ]
             answers = await asyncio.gather(
                 *(self._complete(replica, [s for _, _, s in part], labels) for labels, part in requests)
@@ -383,6 +389,9 @@ class RemoteBackend(EventLoopState):
                 # prompt's task's; the others' hits are not reported, so on this backend
                 # `cached_prompt_tokens` is a lower bound.
                 cached[part[-1][0]] += cache_hits
+        if self._shapes:
+            tokens = sum(len(s) for task in tasks for s in task.sequences)
+            self._shapes.record(shape, tokens, time.monotonic() - started)
         return [
             TaskResult(tuple(scores[t, k] for k in range(task.evaluations)), cached[t])
             for t, task in enumerate(tasks)
