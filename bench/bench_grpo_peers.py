@@ -12,9 +12,11 @@ empty prefix cache, all scoring the same rendered token ids:
 (b) a vLLM OpenAI server given all evaluations in one /v1/completions request;
 (c) the same server, one request per evaluation, 16 in flight;
 (d) rlme over HTTP, transformers backend (prefix-tree packing, tree attention);
-(e) rlme over HTTP, remote backend in front of (b)'s server, `request_shape: waves`;
-(f) the same, `request_shape: batched`.
-Reported: evaluations/s, ratios to the best peer (of a-c) and of (e), (f) to the best
+(e)-(h) rlme over HTTP, remote backend in front of (b)'s server, one process for each
+    `request_shape`: auto (a fresh process a workload, after LEARNING_REQUESTS untimed
+    requests, since it learns on live batches), waves, batched, per_evaluation.
+`--systems` picks the letters to run ((b) and (c) always run: the direct baselines).
+Reported: evaluations/s, ratios to the best peer (of a-c) and of (e)-(h) to the best
 direct way to call the server (b or c), tokens computed, and for (a) and (d) the fraction
 of the machine's measured float32 matmul peak (2 x non-embedding parameters x tokens
 computed / time / peak; attention FLOPs left out, so it is a lower bound).
@@ -38,7 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from bench_vllm import SERVED, rlme_remote, vllm_server  # noqa: E402
-from workload import word_problem  # noqa: E402
+from workload import GRPO_QUESTIONS as QUESTIONS  # noqa: E402
+from workload import WORKLOADS  # noqa: E402
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402
 from rlme.service.backends.base import build_task  # noqa: E402
@@ -48,49 +51,9 @@ from rlme.service.settings import DEFAULT_SYSTEM_PROMPT, EvaluatorConfig, Settin
 
 from support import start_server  # noqa: E402
 
-QUESTIONS = [
-    {"id": "correct", "text": "Is the answer correct?"},
-    {"id": "logical", "text": "Does the whole solution logically lead from the question to an answer?"},
-    {"id": "polite", "text": "Is the response polite?"},
-]
-
-
-def grpo_request(prompt_tokens: int, seed: int = 0) -> list[dict[str, str]]:
-    """4 prompts of about `prompt_tokens` tokens, 8 different worked answers each."""
-    import random
-
-    rng = random.Random(seed)
-    items = []
-    for p in range(4):
-        base = word_problem(rng, steps=2)
-        context = f"Problem {p + 1}. " + " ".join(
-            word_problem(rng, 3)["prompt"] for _ in range(prompt_tokens // 60)
-        )
-        prompt = f"{context}\n{base['prompt']}"
-        for g in range(8):
-            answer = word_problem(random.Random(f"{seed}-{p}-{g}"), steps=2)["response"]
-            items.append({"prompt": prompt, "response": answer})
-    return items
-
-
-def long_request(seed: int = 0) -> list[dict[str, str]]:
-    """2 prompts, 8 worked answers of ~800 tokens each (about 45 steps of arithmetic)."""
-    import random
-
-    rng, items = random.Random(seed), []
-    for p in range(2):
-        prompt = word_problem(rng, steps=3)["prompt"]
-        for g in range(8):
-            answer = word_problem(random.Random(f"{seed}-long-{p}-{g}"), steps=45)["response"]
-            items.append({"prompt": prompt, "response": answer})
-    return items
-
-
-WORKLOADS: dict[str, Callable[[], list[dict[str, str]]]] = {
-    "short": lambda: grpo_request(100),
-    "prompt1000": lambda: grpo_request(1000),
-    "long": long_request,
-}
+# (e)...: the remote backend in front of (b)'s server, one rlme process per request shape
+REMOTE_SHAPES = {"e": "auto", "f": "waves", "g": "batched", "h": "per_evaluation"}
+LEARNING_REQUESTS = 8  # untimed requests `auto` sees first (TRIALS x 3 shapes + 2), per workload
 
 
 def matmul_peak(size: int = 1024, repeats: int = 20) -> float:
@@ -114,6 +77,7 @@ async def timed(run: Callable[[], Awaitable[Any]], reset: Callable[[], Awaitable
 async def measure(
     client: httpx.AsyncClient,
     workload: str,
+    only: str,
     urls: dict[str, str],
     local: TransformersBackend,
     repeats: int,
@@ -188,28 +152,23 @@ async def measure(
             lambda: service(urls["ours"], "(d) rlme, transformers backend"),
             no_reset,
         ),
-        "(e) rlme, remote in front of (b), waves": (
-            lambda: service(urls["waves"], "(e) rlme, remote in front of (b), waves"),
-            reset,
-        ),
-        "(f) rlme, remote in front of (b), batched": (
-            lambda: service(urls["batched"], "(f) rlme, remote in front of (b), batched"),
-            reset,
-        ),
     }
+    for letter, shape in REMOTE_SHAPES.items():
+        name = f"({letter}) rlme, remote in front of (b), {shape}"
+        systems[name] = (lambda url=urls[shape], name=name: service(url, name), reset)
+    systems = {name: run for name, run in systems.items() if name[1] in only + "bc"}
+    if "auto" in urls:  # it learns on live batches: let it try every shape first
+        for _ in range(LEARNING_REQUESTS):
+            await timed(lambda: service(urls["auto"], "learning"), reset)
     best = dict.fromkeys(systems, float("inf"))
     for attempt in range(repeats + 1):  # the first round warms up
         for name, (run, before) in systems.items():
             seconds = await timed(run, before)
             if attempt:
                 best[name] = min(best[name], seconds)
-    peers = (
-        "(a) transformers padded",
-        "(b) vLLM, one batched request",
-        "(c) vLLM, per evaluation, 16 in flight",
-    )
+    peers = [name for name in systems if name[1] in "abc"]
     strongest = min(peers, key=lambda k: best[k])
-    direct = min(peers[1:], key=lambda k: best[k])  # the best way to call the vLLM server
+    direct = min((p for p in peers if p[1] in "bc"), key=lambda k: best[k])  # best way to call vLLM
     rows = {}
     for name, seconds in best.items():
         rows[name] = {
@@ -217,7 +176,7 @@ async def measure(
             "ratio_to_best_peer": best[strongest] / seconds,
             "tokens_computed": computed.get(name),
         }
-        if name.startswith(("(e)", "(f)")):
+        if name[1] in REMOTE_SHAPES:
             rows[name]["ratio_to_best_direct_vllm"] = best[direct] / seconds
         if name.startswith(("(a)", "(d)")):
             rows[name]["matmul_peak_fraction"] = 2 * body_params * computed[name] / seconds / peak
@@ -242,6 +201,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--systems", default="abcdefgh", help="letters of the systems to run (b, c always)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "grpo_peers.json")
     args = parser.parse_args()
     model = resolve_model(EMBEDDED, Settings.load().cache_dir)
@@ -253,14 +213,20 @@ async def main() -> None:
     local.setup()
     report: dict[str, Any] = {"matmul_peak_gflops": peak / 1e9, "workloads": {}}
     server = vllm_server(model)
-    remotes = {shape: rlme_remote(model, server.url, shape) for shape in ("waves", "batched")}
+    shapes = [shape for letter, shape in REMOTE_SHAPES.items() if letter in args.systems]
+    remotes = {shape: rlme_remote(model, server.url, shape) for shape in shapes if shape != "auto"}
     with start_server(Path(tempfile.mkdtemp(prefix="rlme-bench-"))) as ours_url:
         urls = {"vllm": server.url, "ours": ours_url, **{k: r.url for k, r in remotes.items()}}
         async with httpx.AsyncClient(timeout=1800) as client:
             for workload in args.workloads:
+                if "auto" in shapes:  # a fresh one a workload: what it learnt is per workload
+                    auto = rlme_remote(model, server.url, "auto")
+                    urls["auto"] = auto.url
                 report["workloads"][workload] = await measure(
-                    client, workload, urls, local, args.repeats, peak
+                    client, workload, args.systems, urls, local, args.repeats, peak
                 )
+                if "auto" in shapes:
+                    auto.stop()
     for remote in remotes.values():
         remote.stop()
     server.stop()
