@@ -99,8 +99,7 @@ class FakeReplicas:
         )
 
 
-@pytest.fixture
-async def pool(settings: Settings, model_path: Path) -> Any:
+async def started_pool(settings: Settings, model_path: Path, shape: str) -> tuple[RemoteBackend, Any]:
     config = EvaluatorConfig(
         backend="remote",
         remote={
@@ -109,6 +108,7 @@ async def pool(settings: Settings, model_path: Path) -> Any:
             "health_interval_s": 0.05,
             "timeout_s": 5,
             "failover_wait_s": 0.3,
+            "request_shape": shape,
         },
     )
     from transformers import AutoTokenizer
@@ -116,6 +116,12 @@ async def pool(settings: Settings, model_path: Path) -> Any:
     fakes = FakeReplicas(AutoTokenizer.from_pretrained(model_path))
     backend = RemoteBackend(config, settings.cache_dir, transport=httpx.MockTransport(fakes))
     await backend.setup_async()
+    return backend, fakes
+
+
+@pytest.fixture
+async def pool(settings: Settings, model_path: Path) -> Any:
+    backend, fakes = await started_pool(settings, model_path, "waves")  # deterministic requests
     yield backend, fakes
     await backend.aclose()
 
@@ -157,6 +163,38 @@ async def test_label_logprobs_are_summed_over_variants_and_cached_tokens_reporte
     cached = [r.cached_prompt_tokens for r in results]
     assert sum(cached) == 16 * sum(fakes.requests.values()) and all(c % 16 == 0 for c in cached)
     assert backend.max_model_len == 512  # from the servers' model card
+
+
+@pytest.mark.parametrize(
+    ("shape", "per_replica"), [("batched", lambda n: 1), ("per_evaluation", lambda n: n)]
+)
+async def test_the_other_request_shapes(
+    settings: Settings, model_path: Path, shape: str, per_replica: Any
+) -> None:
+    backend, fakes = await started_pool(settings, model_path, shape)
+    try:
+        tasks = item_tasks(30)
+        assert_correct(backend, tasks, await backend.score_async(tasks))
+        for url in URLS:  # batched: one request a replica; per_evaluation: one an evaluation
+            assert fakes.requests[url] == (
+                per_replica(fakes.completions[url]) if fakes.completions[url] else 0
+            )
+    finally:
+        await backend.aclose()
+
+
+async def test_auto_tries_every_shape_then_keeps_the_fastest(settings: Settings, model_path: Path) -> None:
+    backend, fakes = await started_pool(settings, model_path, "auto")
+    try:
+        tasks = item_tasks(6)
+        for _ in range(12):
+            assert_correct(backend, tasks, await backend.score_async(tasks))
+        chooser = backend._shapes
+        assert chooser is not None
+        assert all(chooser.started[shape] >= 2 for shape in ("waves", "batched", "per_evaluation"))
+        assert sum(chooser.started.values()) == 12 * len([u for u in URLS if fakes.completions[u]])
+    finally:
+        await backend.aclose()
 
 
 async def test_an_items_questions_stay_on_one_replica_and_items_spread(pool: Any) -> None:
