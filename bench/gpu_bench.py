@@ -137,7 +137,8 @@ def measure(model: Any, tokenizer: Any, args: argparse.Namespace, peak: float) -
     from rlme.service.settings import DEFAULT_SYSTEM_PROMPT, EvaluatorConfig
 
     device = torch.device(args.device)
-    body = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    # the lm_head runs at one position an evaluation: not counted
+    body = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
     questions = [MetaQuestion(**q) for q in GRPO_QUESTIONS]
     backends = {}
     for mode in ("dense", "flex"):

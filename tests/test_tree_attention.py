@@ -81,18 +81,23 @@ def test_a_trunk_is_the_chain_every_later_token_descends_from() -> None:
 def test_scores_through_tree_attention_equal_the_dense_mask_and_scoring_alone() -> None:
     """A GRPO-like request (2 prompts x 6 responses x 3 questions; flex plans) and two long
     responses x 3 questions (causal trunk plans): log-probs equal the dense tree mask's and
-    from-scratch scoring's (float32, 1e-4)."""
+    from-scratch scoring's (float32, 1e-4); two tree-attention models in one process."""
     settings = Settings()
     configs = {
         "tree": EvaluatorConfig(dtype="float32", tree_attention="flex"),
         "dense": EvaluatorConfig(dtype="float32", tree_attention="dense"),
-        "scratch": EvaluatorConfig(dtype="float32", tree_attention="dense", prefix_sharing=False),
+        # its own tree attention at another width: each model must reach its own kernel
+        "scratch": EvaluatorConfig(
+            dtype="float32", tree_attention="flex", prefix_sharing=False, max_forward_tokens=1024
+        ),
     }
     backends = {mode: TransformersBackend(config, settings.cache_dir) for mode, config in configs.items()}
     for backend in backends.values():
         backend.setup()
     tree = backends["tree"]._tree
     assert tree is not None and tree.kernel is not None, "the kernel compiles on this machine (CI's)"
+    names = {b._model.config._attn_implementation for b in (backends["tree"], backends["scratch"])}
+    assert len(names) == 2
     questions = [
         MetaQuestion(id="correct", text="Is the answer correct?"),
         MetaQuestion(id="steps", text="Does every step follow from the one before?"),

@@ -42,6 +42,7 @@ int32 block tables (512 KiB), where a dense mask is 1 GiB.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -56,7 +57,8 @@ log = logging.getLogger(__name__)
 
 BLOCK = 128
 DENSITY = 0.5  # flex when at most this share of a row's blocks is computed (measured)
-NAME = "rlme_tree"  # the attention implementation the model is switched to
+NAME = "rlme_tree"  # the attention implementations the models are switched to: NAME-<n>
+_INSTANCES = itertools.count()
 PLANS = "rlme_tree_plans"  # the keyword that carries one Plan a row through the model
 
 
@@ -186,9 +188,12 @@ class TreeAttention:
         from transformers import AttentionInterface
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-        AttentionInterface.register(NAME, tree.attention)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # generation builds SDPA masks
-        model.config._attn_implementation = NAME
+        # One name an instance: the registry is global, and two evaluators (or a reload
+        # beside the old weights) must each reach their own kernel and width.
+        name = f"{NAME}-{next(_INSTANCES)}"
+        AttentionInterface.register(name, tree.attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)  # generation builds SDPA masks
+        model.config._attn_implementation = name
         return tree
 
     def compile(self, model: Any) -> None:
