@@ -1,6 +1,7 @@
 """GRPO-shaped reward requests against the peers a user would pick, in one run.
 
-    python bench/bench_grpo_peers.py       # ~20 min on 2 CPU cores; needs vLLM (make bench-peers)
+    python bench/bench_grpo_peers.py       # ~40 min on 2 CPU cores; needs vLLM (make bench-peers)
+    python bench/bench_grpo_peers.py --systems defgh --repeats 1   # no padded baseline: ~30 min
 
 Workloads (deterministic; 3 meta-questions each, float32, SmolLM2-135M):
 - short: 4 prompts of ~100 tokens x 8 responses of ~60 = 96 evaluations;
