@@ -33,7 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from bench_grpo_peers import matmul_peak  # noqa: E402
+from measure import matmul_peak  # noqa: E402
 from workload import word_problem  # noqa: E402
 
 from support import start_server  # noqa: E402

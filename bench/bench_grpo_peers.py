@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from bench_vllm import SERVED, rlme_remote, vllm_server  # noqa: E402
+from measure import left_padded, matmul_peak  # noqa: E402
 from workload import GRPO_QUESTIONS as QUESTIONS  # noqa: E402
 from workload import WORKLOADS  # noqa: E402
 
@@ -55,17 +56,6 @@ from support import start_server  # noqa: E402
 # (e)...: the remote backend in front of (b)'s server, one rlme process per request shape
 REMOTE_SHAPES = {"e": "auto", "f": "waves", "g": "batched", "h": "per_evaluation"}
 LEARNING_REQUESTS = 8  # untimed requests `auto` sees first (TRIALS x 3 shapes + 2), per workload
-
-
-def matmul_peak(size: int = 1024, repeats: int = 20) -> float:
-    """Best float32 FLOP/s of one square matmul on this machine."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
 
 
 async def timed(run: Callable[[], Awaitable[Any]], reset: Callable[[], Awaitable[Any]]) -> float:
@@ -105,12 +95,7 @@ async def measure(
     async def padded() -> None:
         with torch.inference_mode():
             for start in range(0, n, 16):
-                chunk = sequences[start : start + 16]
-                width = max(map(len, chunk))
-                ids = torch.zeros((len(chunk), width), dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for b, s in enumerate(chunk):  # left padding: the answer is the last column
-                    ids[b, width - len(s) :], mask[b, width - len(s) :] = torch.tensor(s), 1
+                ids, mask = left_padded(sequences[start : start + 16])
                 hf(input_ids=ids, attention_mask=mask, logits_to_keep=1)
 
     def completion(prompt: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface, DynamicCache
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_grpo_peers import matmul_peak  # noqa: E402
+from measure import matmul_peak  # noqa: E402
 from workload import word_problem  # noqa: E402
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_grpo_peers import matmul_peak  # noqa: E402
+from measure import matmul_peak  # noqa: E402
 from workload import GRPO_QUESTIONS, WORKLOADS  # noqa: E402
 
 from rlme.client.wire import Item, MetaQuestion  # noqa: E402

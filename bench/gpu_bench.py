@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from measure import left_padded, matmul_peak, sync  # bench/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 TOKENIZER = HERE / "gpu_tokenizer"
@@ -79,24 +80,6 @@ def prepare() -> None:
     print(f"tokenizer files in {TOKENIZER}: {sorted(p.name for p in TOKENIZER.iterdir())}")
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
-    size = 8192 if device.type == "cuda" else 1024
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    best = float("inf")
-    for _ in range(10):
-        sync(device)
-        started = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def build_model(shape: str, vocab: int, device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -119,11 +102,7 @@ def padded(model: Any, sequences: list[list[int]], budget: int, device: torch.de
             chunks.append([sequence])
     with torch.inference_mode():
         for chunk in chunks:
-            width = len(chunk[-1])
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for b, s in enumerate(chunk):  # left padding: the answer is the last column
-                ids[b, width - len(s) :], mask[b, width - len(s) :] = torch.tensor(s), 1
+            ids, mask = left_padded(chunk)
             model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
 
 
@@ -194,7 +173,7 @@ def run(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    peak = matmul_peak(device, dtype)
+    peak = matmul_peak(device, dtype, size=8192 if device.type == "cuda" else 1024, repeats=10)
     report: dict[str, Any] = {"device": str(device), "dtype": str(dtype), "matmul_peak_tflops": peak / 1e12}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
