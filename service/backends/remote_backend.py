@@ -390,7 +390,7 @@ class RemoteBackend(EventLoopState):
                 # `cached_prompt_tokens` is a lower bound.
                 cached[part[-1][0]] += cache_hits
         if self._shapes:
-            tokens = sum(len(s) for task in tasks for s in task.sequences)
+            tokens = sum(task.prompt_tokens for task in tasks)
             self._shapes.record(shape, tokens, time.monotonic() - started)
         return [
             TaskResult(tuple(scores[t, k] for k in range(task.evaluations)), cached[t])

@@ -94,13 +94,18 @@ def block_kinds(ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return partial, full
 
 
+def computed_blocks(ends: torch.Tensor) -> int:
+    """Blocks tree attention computes (partial or full) for a row's `ends`."""
+    partial, full = block_kinds(ends)
+    return int(partial.sum() + full.sum())
+
+
 def density(rows: Sequence[PackedRow]) -> float:
     """Share of all the rows' blocks that tree attention computes (partial or full)."""
     computed = total = 0
     for row in rows:
         width = padded_width(len(row.tokens))
-        partial, full = block_kinds(subtree_ends(row.positions, width))
-        computed += int(partial.sum() + full.sum())
+        computed += computed_blocks(subtree_ends(row.positions, width))
         total += (width // BLOCK) ** 2
     return computed / max(total, 1)
 
@@ -221,14 +226,16 @@ class TreeAttention:
         dense tail (a row of one long response: the tail is its questions)."""
         plans = []
         for row in rows:
+            # once a row, at the widest use; a narrower prefix of it is the same row at that
+            # width (padding columns end at themselves)
+            ends = subtree_ends(row.positions, max(width, self.width))
             if self.kernel is not None and len(row.tokens) <= self.width:
-                ends = subtree_ends(row.positions, self.width)
-                if density([row]) <= DENSITY:
-                    plans.append(Plan(flex=row_mask(ends, device)))
+                own = padded_width(len(row.tokens))
+                if computed_blocks(ends[:own]) <= DENSITY * (own // BLOCK) ** 2:
+                    plans.append(Plan(flex=row_mask(ends[: self.width], device)))
                     continue
-            ends = subtree_ends(row.positions, width)
             trunk = trunk_length(row.positions, ends)
-            plans.append(Plan(trunk=trunk, tail=path_mask(ends, trunk).to(device)))
+            plans.append(Plan(trunk=trunk, tail=path_mask(ends[:width], trunk).to(device)))
         return plans
 
     def attention(
