@@ -161,12 +161,14 @@ def test_calibration_text_with_a_surrogate_is_a_422(server: ThreadedServer) -> N
     assert_error(answer, 422, "invalid_request", "items.3.response", "surrogate")
 
 
-def test_an_empty_evaluator_name_is_a_422_not_a_500(server: ThreadedServer) -> None:
-    # found by CI's schemathesis run: "" passed the optional field and broke building the choice
+@pytest.mark.parametrize("name", ["", SURROGATE, "x" * 100_000, 2**70])
+def test_a_bad_evaluator_name_is_a_422_not_a_500(server: ThreadedServer, name: object) -> None:
+    # "" was found by CI's schemathesis run: it passed the optional field and broke building
+    # the evaluator choice; the others are what a hostile caller sends next
     items = [{"prompt": "p", "response": "r", "label": i % 2 == 0} for i in range(8)]
-    body = {"items": items, "questions": QUESTIONS, "evaluator": ""}
+    body = {"items": items, "questions": QUESTIONS, "evaluator": name}
     assert_error(post(server, "/v1/calibrations", body, tenant="ops"), 422, "invalid_request", "evaluator")
-    judged = post(server, "/v1/judgments", {**JUDGMENT, "evaluator": ""})
+    judged = post(server, "/v1/judgments", {**JUDGMENT, "evaluator": name})
     assert_error(judged, 422, "invalid_request", "evaluator")
 
 
