@@ -135,6 +135,14 @@ def test_the_shipped_set_rewards_no_cheap_heuristic() -> None:
     labels = Counter((r["category"], r["label"]) for r in rows)
     for category in {r["category"] for r in rows}:
         assert labels[(category, "A")] == labels[(category, "B")], category
+    # short-and-wrong traps are flagged: the worse answer is terse; shorter-is-better fails each
+    traps = [
+        {"response_a": r.response_a, "response_b": r.response_b, "label": r.label}
+        for r in read_rows(SHIPPED)
+        if r.trap == "short_and_wrong"
+    ]
+    assert len(traps) >= 20 and baseline_accuracy(traps, "shorter") == 0.0
+    assert all(len(t["response_b" if t["label"] == "A" else "response_a"]) <= 40 for t in traps)
 
 
 GOOD = {
@@ -168,16 +176,23 @@ class CannedClient:
     """Test double for RewardClient. The judge is position-biased: in each order the
     first-shown response wins with P = `p_first`, and its rationale names the order
     ("first, ab" / "first, ba"). P(aligned) 0.7, or None (no yes/no) for rationales
-    containing `mumble`. Fails after `fail_after` compared pairs."""
+    containing `mumble`. Fails after `fail_after` compared pairs. For the ids in
+    `prefers_a` it reads the content instead: response_a wins with P = `p_first` in
+    both orders, so its two orders agree."""
 
     def __init__(
-        self, fail_after: int | None = None, p_first: float = 0.8, mumble: str | None = None
+        self,
+        fail_after: int | None = None,
+        p_first: float = 0.8,
+        mumble: str | None = None,
+        prefers_a: frozenset[str] = frozenset(),
     ) -> None:
         self.compared: list[str] = []
         self.checked: list[dict[str, Any]] = []
         self.fail_after = fail_after
         self.p_first = p_first
         self.mumble = mumble
+        self.prefers_a = prefers_a
 
     def compare(self, pairs: list[dict[str, Any]], **options: Any) -> Any:
         from rlme.client.wire import ComparisonResponse
@@ -186,22 +201,27 @@ class CannedClient:
             raise ConnectionError("the service went away")
         self.compared += [p["id"] for p in pairs]
 
-        def order(name: str) -> dict[str, Any]:
-            p = self.p_first
+        def order(name: str, reads_content: bool) -> dict[str, Any]:
+            # verdict_probs name the responses as shown: "A" is the first-shown one
+            p = 1 - self.p_first if reads_content and name == "ba" else self.p_first
+            written = "A" if p > 0.5 else "B"
             judgment = {
                 "rationale": f"The first is right ({name}).", "verdict_probs": {"A": p, "B": 1 - p},
-                "label_mass": 0.9, "expected_score": None, "parsed_verdict": "A", "parsed_score": None,
+                "label_mass": 0.9, "expected_score": None, "parsed_verdict": written, "parsed_score": None,
                 "parse_error": None, "status": "ok", "generated_tokens": 4, "finish_reason": "stop",
             }  # fmt: skip
             return {"order": name, "p_a_better": p if name == "ab" else 1 - p, "judgments": [judgment]}
 
-        result = {"status": "ok", "mask": False, "id": None, "p_a_better": 0.5, "orders_agree": False,
-                  "orders": [order("ab"), order("ba")]}  # fmt: skip
+        def result(pair: dict[str, Any]) -> dict[str, Any]:
+            reads = pair["id"] in self.prefers_a
+            return {"status": "ok", "mask": False, "id": None, "p_a_better": self.p_first if reads else 0.5,
+                    "orders_agree": reads, "orders": [order("ab", reads), order("ba", reads)]}  # fmt: skip
+
         provenance = {"judge": "pairwise", "template_sha256": "0", "evaluator": "d", "model": "m",
                       "model_generation": 0}  # fmt: skip
         usage = {"generations": 0, "prompt_tokens": 0, "generated_tokens": 0, "verdict_reads": 0}
         return ComparisonResponse.model_validate(
-            {"results": [result] * len(pairs), "provenance": provenance, "usage": usage}
+            {"results": [result(p) for p in pairs], "provenance": provenance, "usage": usage}
         )
 
     def rewards(self, items: list[dict[str, Any]], **options: Any) -> Any:
@@ -262,6 +282,61 @@ def test_each_order_is_its_own_judgment(tmp_path: Path) -> None:
     assert "A first (the authors' protocol)" in markdown and "always_a" in markdown and "shorter" in markdown
     saved = json.loads((tmp_path / "out" / "audit.json").read_text())
     assert {"overall", "both_orders", "order_agreement", "orders_agree"} <= set(saved)
+
+
+def test_categories_distractors_and_agreeing_rows_carry_their_own_baselines(tmp_path: Path) -> None:
+    rows = [  # (category, distractor, response_a, response_b, label)
+        ("math", True, "4", "It is 5, clearly.", "A"),
+        ("math", False, "Great question! It is 9.", "7", "B"),
+        ("facts", True, "Paris.", "Sure! It is Lyon, a lovely city.", "A"),
+        ("facts", False, "Rome", "Madrid is the capital.", "B"),
+    ]
+    data = tmp_path / "audit.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    **GOOD,
+                    "id": f"r{i}",
+                    "category": c,
+                    "distractor": d,
+                    "response_a": a,
+                    "response_b": b,
+                    "label": lab,
+                }
+            )
+            + "\n"  # fmt: skip
+            for i, (c, d, a, b, lab) in enumerate(rows)
+        )
+    )
+    lines = data.read_text().splitlines()  # r3's worse answer is terse: flag it
+    lines[3] = json.dumps({**json.loads(lines[3]), "trap": "short_and_wrong"})
+    data.write_text("\n".join(lines) + "\n")
+    report = run_audit(CannedClient(prefers_a=frozenset({"r0", "r2"})), data, tmp_path / "out")
+    trap = report["traps"]["short_and_wrong"]
+    assert trap["total"] == 1 and trap["baselines"]["shorter"] == 0.0 and trap["baselines"]["always_b"] == 1.0
+    # by hand: shorter wins r0, r1 and r2, loses r3; anti-flattery wins r1 and r2, ties r0 and r3
+    by_category = report["by_category"]
+    assert by_category["math"]["baselines"] == {
+        "always_a": 0.5, "always_b": 0.5, "shorter": 1.0, "longer": 0.0, "anti_flattery": 0.75,
+    }  # fmt: skip
+    assert by_category["facts"]["baselines"] == {
+        "always_a": 0.5, "always_b": 0.5, "shorter": 0.5, "longer": 0.5, "anti_flattery": 0.75,
+    }  # fmt: skip
+    assert report["distractors"]["total"] == 2 and report["distractors"]["baselines"] == {
+        "always_a": 1.0, "always_b": 0.0, "shorter": 1.0, "longer": 0.0, "anti_flattery": 0.75,
+    }  # fmt: skip
+    assert report["both_orders"]["distractors"]["baselines"] == report["distractors"]["baselines"]
+    # r0 and r2 agree (both say A, right); r1 and r3 follow the position
+    assert report["order_agreement"] == {"rows": 4, "rows_with_both_verdicts": 4, "agree": 2, "rate": 0.5}
+    agreed = report["orders_agree"]["overall"]
+    assert (agreed["total"], agreed["label_accuracy"]) == (4, 1.0)  # two judgments a row
+    assert agreed["baselines"] == report["distractors"]["baselines"]  # the same two rows
+    markdown = (tmp_path / "out" / "audit.md").read_text()
+    assert "| both orders agree | 2 | 1.00" in markdown  # n counts rows, not judgments
+    assert "| tempting distractors | 2 |" in markdown and "| trap: short_and_wrong | 1 |" in markdown
+    saved = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert saved["orders_agree"]["overall"]["baselines"] == agreed["baselines"]
 
 
 def test_a_check_without_a_verdict_leaves_the_f_score_denominator(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ class AuditRow:
     label: str
     gold_rationale: str
     distractor: bool = False  # the better response looks worse on shallow cues
+    trap: str | None = None  # which cue, where flagged: "short_and_wrong" = the worse answer is terse
 
 
 def read_rows(path: Path) -> list[AuditRow]:
@@ -108,12 +109,15 @@ def read_rows(path: Path) -> list[AuditRow]:
             raise ValueError(f"{where}: missing or empty {missing} (need non-empty strings {list(FIELDS)})")
         if raw["label"] not in ("A", "B"):
             raise ValueError(f"{where}: label must be 'A' or 'B', not {raw['label']!r}")
+        if raw.get("trap") is not None and not isinstance(raw["trap"], str):
+            raise ValueError(f"{where}: trap must be a string naming the cue, not {raw['trap']!r}")
         rows.append(
             AuditRow(
                 index=len(rows),
                 id=str(raw.get("id", number)),
                 category=str(raw.get("category", "all")),
                 distractor=bool(raw.get("distractor", False)),
+                trap=raw.get("trap"),
                 **{f: raw[f] for f in FIELDS},
             )
         )
@@ -239,7 +243,8 @@ def judgments_of(records: Sequence[Mapping[str, Any]], orders: Sequence[str]) ->
 def section(
     records: Sequence[Mapping[str, Any]], orders: Sequence[str], rounds: int = 1000
 ) -> dict[str, Any]:
-    """Numbers with intervals and baselines: overall, per category, on the distractors."""
+    """Numbers with intervals and baselines: overall, per category, on the distractors, per
+    flagged trap."""
 
     def part(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         numbers = audit_metrics(judgments_of(rows, orders))
@@ -250,12 +255,14 @@ def section(
 
     categories = sorted({r["category"] for r in records})
     tempting = [r for r in records if r.get("distractor")]
+    traps = sorted({r["trap"] for r in records if r.get("trap")})
     return {
         "overall": part(records) if records else None,
         "by_category": {c: part([r for r in records if r["category"] == c]) for c in categories}
         if len(categories) > 1
         else {},
         "distractors": part(tempting) if tempting else None,
+        "traps": {t: part([r for r in records if r.get("trap") == t]) for t in traps},
     }
 
 

@@ -73,20 +73,28 @@ def markdown(report: dict[str, Any]) -> str:
         "| rows | n | judge, A first | judge, both orders | " + " | ".join(BASELINES) + " |",
         "|---|---|---|---|" + "---|" * len(BASELINES),
     ]
-    slices: list[tuple[str, Any, Any]] = [("all", report["overall"], report["both_orders"]["overall"])]
+    # n counts rows: the A-first headline has one judgment a row
+    slices: list[tuple[str, int, Any, Any]] = [
+        ("all", report["overall"]["total"], report["overall"], report["both_orders"]["overall"])
+    ]
     slices += [
-        (name, c, report["both_orders"]["by_category"][name]) for name, c in report["by_category"].items()
+        (name, c["total"], c, report["both_orders"]["by_category"][name])
+        for name, c in report["by_category"].items()
     ]
     if report["distractors"]:
-        slices.append(("tempting distractors", report["distractors"], report["both_orders"]["distractors"]))
-    if report["orders_agree"]:
+        distractors = report["distractors"]
+        slices.append(
+            ("tempting distractors", distractors["total"], distractors, report["both_orders"]["distractors"])
+        )
+    for trap, numbers in (report.get("traps") or {}).items():  # reports before traps lack the key
+        slices.append((f"trap: {trap}", numbers["total"], numbers, report["both_orders"]["traps"][trap]))
+    if report["orders_agree"]:  # two judgments a row there, one verdict
         agreed = report["orders_agree"]["overall"]
-        slices.append(("both orders agree", agreed, agreed))
-    for name, headline, both in slices:
+        slices.append(("both orders agree", report["order_agreement"]["agree"], agreed, agreed))
+    for name, n, headline, both in slices:
         base = " | ".join(_fmt(v) for v in headline["baselines"].values())
         lines.append(
-            f"| {name} | {headline['total']} | {_fmt(headline['label_accuracy'])} | "
-            f"{_fmt(both['label_accuracy'])} | {base} |"
+            f"| {name} | {n} | {_fmt(headline['label_accuracy'])} | {_fmt(both['label_accuracy'])} | {base} |"
         )
     lines += [
         "",
