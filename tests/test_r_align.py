@@ -106,7 +106,14 @@ def test_reward_is_label_gated_and_failed_alignment_checks_are_not_numbers(tmp_p
     assert metrics["rlvr/accuracy"] == 0.5
     assert metrics["r_align/parsed"] == 0.75
     assert metrics["r_align/alignment_failures"] == 1.0
+    assert metrics["reward/low_label_mass_frac"] == 0.25  # the rlme reward's metric, same meaning
     assert metrics["r_align/p_aligned_mean"] == pytest.approx(0.8)
+    # mask_low_label_mass: false uses the unanswered check's P(yes) as it is, as the rlme reward does
+    unmasked = TrainConfig(reward="r_align", rlvr_weight=1.0, rlme_weight=2.0, mask_low_label_mass=False)
+    with fake.client() as client:
+        values, metrics = rewards(client, unmasked, rows, texts)
+    assert values.tolist() == pytest.approx([1.0 + 2.0 * 0.8, 0.0, 0.0, 1.0 + 2.0 * 0.5])
+    assert metrics["r_align/alignment_failures"] == 1.0
 
 
 def test_a_right_verdict_without_a_rationale_gets_no_alignment_credit() -> None:

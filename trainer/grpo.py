@@ -129,8 +129,8 @@ class TrainConfig(PolicyFields):
     mask_low_label_mass: bool = True
     """A response the evaluator did not answer yes/no about (a score with `low_label_mass`) gets no
     reward: it is left out of its group's advantages (advantage 0) and counted in
-    `reward/low_label_mass_frac`, as 'r_align' does with a failed alignment check. False: its
-    p_yes enters the reward like any other."""
+    `reward/low_label_mass_frac`; in 'r_align' the same holds for a failed alignment check. False:
+    its p_yes enters the reward like any other (in both)."""
     rlvr_weight: float = 1.0
     """Weight of the rule reward in 'mixture'; of label correctness in 'r_align'."""
     held_out_every: int = 4

@@ -17,8 +17,10 @@ P(aligned) = 0 (a first CPU run without this rule learned to write only "Verdict
 which the 135M aligner still called aligned about half the time). An alignment check
 the aligner could not make (labels got less than its `min_label_mass`) is not a number:
 that judgment is left out of its group's advantages (advantage 0) and counted in
-`r_align/alignment_failures`. An optional SFT warm-up (`sft_steps`) first teaches the
-format on the gold judgments (gold rationale + "Verdict: label") of the training rows.
+`r_align/alignment_failures` and `reward/low_label_mass_frac`, as the rlme reward treats a
+score with low label mass (`mask_low_label_mass`; false: its P(yes) is used as it is).
+An optional SFT warm-up (`sft_steps`) first teaches the format on the gold judgments
+(gold rationale + "Verdict: label") of the training rows.
 
 This objective is our construction, inspired by R-Align (arXiv 2602.06763), not the
 authors' own: notes on the paper describe an SFT warm-up on gold judgments, then GRPO with
@@ -142,7 +144,8 @@ def rewards(
         for i, result in zip(todo, answer.results, strict=True):
             if any(s.low_label_mass for s in result.scores):
                 failures += 1
-                continue
+                if cfg.mask_low_label_mass:  # as the rlme reward does (trainer/rewards.py)
+                    continue
             weights = [s.evaluator_weight * s.weight for s in result.scores]
             aligned[i] = sum(w * s.p_yes for w, s in zip(weights, result.scores, strict=True)) / sum(weights)
     values = []
@@ -157,6 +160,8 @@ def rewards(
         "r_align/parsed": sum(_parsed(y) for y in texts) / len(texts),
         "r_align/p_aligned_mean": sum(checked) / len(checked) if checked else math.nan,
         "r_align/alignment_failures": float(failures),
+        # the same share the rlme reward logs, over the batch
+        "reward/low_label_mass_frac": failures / len(texts),
     }
     return torch.tensor(values, dtype=torch.float32), metrics
 
