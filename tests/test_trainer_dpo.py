@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -54,6 +55,51 @@ def test_the_judged_response_is_the_one_whose_stated_scores_vary_most() -> None:
     assert score_variance([0.0] + [5.0] * 7) == pytest.approx(175 / 64)
     assert score_variance([1.0, 5.0, 1.0, 5.0]) == pytest.approx(4.0)
     assert score_variance([3.0]) == 0.0
+
+
+class JudgingDouble:
+    """Test double for RewardClient's judge calls: canned judgments per response text, and a
+    meta-judge that records which response it was asked about (chosen 0, rejected 1)."""
+
+    def __init__(self, stated: dict[str, list[int]]) -> None:
+        self.stated = stated
+        self.meta_asked: list[tuple[str, list[float]]] = []
+
+    def judgments(self, items: list[dict[str, str]], **options: object) -> SimpleNamespace:
+        def judgment(k: int) -> SimpleNamespace:
+            probs = {str(label): 0.9 if label == k else 0.02 for label in range(6)}
+            return SimpleNamespace(rationale=f"Worth {k}.", verdict_probs=probs, expected_score=float(k))
+
+        results = []
+        for item in items:
+            scores = self.stated[item["response"]]
+            results.append(SimpleNamespace(
+                score=sum(scores) / len(scores), mask=False, status="ok",
+                judgments=[judgment(k) for k in scores],
+            ))  # fmt: skip
+        return SimpleNamespace(results=results)
+
+    def meta_judge(self, prompt: str, response: str, shown: list[str], **options: object) -> SimpleNamespace:
+        self.meta_asked.append((response, list(options["judgment_scores"])))  # type: ignore[arg-type]
+        return SimpleNamespace(chosen=0, rejected=1, scores=[1.0, -1.0], position_bias=0.5, score_bias=0.5)
+
+
+def test_iteration_pairs_battle_the_response_whose_stated_scores_vary_most() -> None:
+    from rlme.trainer.dpo import iteration_pairs
+
+    stated = {"wide range": [0, 5, 5, 5, 5, 5, 5, 5], "most varied": [1, 5, 1, 5], "agreed": [3, 3, 3]}
+    client = JudgingDouble(stated)
+    cfg = load_config({"group_size": 3}, "x.yaml")
+    template = SimpleNamespace(labels=[str(k) for k in range(6)], label_values=list(range(6)), cue="Score:")
+    pairs, metrics = iteration_pairs(
+        client, cfg, ["p"] * 3, list(stated), [True] * 3, template, lambda p, y: f"{p}|{y}", train_judge=True
+    )
+    assert [asked for asked, _ in client.meta_asked] == ["most varied"]  # variance, not range
+    assert client.meta_asked[0][1] == [1, 5, 1, 5]  # the scores the judgments state
+    judge = [p for p in pairs if p["kind"] == "judge"]
+    assert len(judge) == 1 and judge[0]["prompt"] == "p|most varied"
+    assert (judge[0]["chosen_score"], judge[0]["rejected_score"]) == (1, 5)
+    assert metrics["pairs/skipped_no_spread"] == 0.0
 
 
 def test_live_self_is_the_default_and_needs_a_frozen_referee() -> None:

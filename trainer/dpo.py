@@ -24,7 +24,7 @@ Each iteration (Wu et al. 2024, Meta-Rewarding LMs, arXiv 2407.19594):
 5. DPO on actor pairs and (in the first `judge_iterations` iterations) judge pairs, judge
    pairs' loss weighted by `judge_loss_weight`; then (`live_self`, the default) the
    service's evaluator reloads the new weights, so the model that acts also judges and
-   meta-judges in the next iteration, as in the paper. `live_self: false` keeps a frozen
+   meta-judges in the next iteration (the paper's one model in three roles). `live_self: false` keeps a frozen
    judge instead (the initial model judges every iteration).
 
 An independent measure every iteration: on held-out prompts, greedy responses of the
@@ -42,8 +42,16 @@ variance that picks the judged response is of those k; a judge pair whose two ju
 state the same score is dropped (ours: DPO between two equal verdicts teaches only
 wording); the meta-judge's prompt also says not to prefer a judgment for its length or a
 higher score (service/judging/templates.py META); the independent win-rate measure by a frozen
-evaluator is ours. From secondary notes, not the paper's text: ρ's schedule, lr 5e-6,
-the ~1,100-character judgment limit.
+evaluator is ours; an actor pair needs a score spread of at least `tie_margin` (0.05), where
+the notes say only "no pair when all scores tie".
+
+What we know of the paper's procedure beyond its abstract comes from secondary write-ups
+(summaries, a survey, notes; docs/meta_rewarding.md), which agree with each other but were
+not checked against the paper's text: the judged response picked by the variance of its
+judges' scores, battles in both orders with the position weights and a rating whose best
+and worst make the pair, judge pairs only in iterations 1-2 (and why), K = 7, N = 11,
+T = 0.8, top-p 0.95, the length-control rule and ρ's schedule, β 0.1 and lr 5e-6, the
+~1,000-1,100-character judgment limit, and the SFT warm-up on judge data.
 """
 
 from __future__ import annotations
@@ -197,7 +205,7 @@ def dpo_loss(
 def actor_pair(
     scores: list[float], lengths: list[int], rho: float, tie_margin: float
 ) -> tuple[int, int] | None:
-    """(chosen, rejected) indices by the paper's length control, or None on a tie."""
+    """(chosen, rejected) indices by the length control the secondary notes describe, or None on a tie."""
     best, worst = max(scores), min(scores)
     if best - worst < tie_margin:
         return None

@@ -67,7 +67,8 @@ def stated_scores(result: Any, template: Any) -> list[float]:
 
 
 def score_variance(scores: list[float]) -> float:
-    """Population variance; 0 for fewer than two scores (the paper picks the largest)."""
+    """Population variance; 0 for fewer than two scores (the largest picks the judged response,
+    as write-ups of the paper describe it)."""
     if len(scores) < 2:
         return 0.0
     mean = sum(scores) / len(scores)
