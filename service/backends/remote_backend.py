@@ -61,6 +61,17 @@ from rlme.service.settings import EvaluatorConfig, RemoteOptions
 log = logging.getLogger(__name__)
 
 _HEALTH_TIMEOUT_S = 5.0
+# What a pooled keep-alive connection that the server closed meanwhile raises (uvicorn, under
+# vLLM's API server, closes one idle for 5 s: the health check's own interval). Sent again
+# once on a new connection before the replica counts as failed; a timeout is never resent.
+_STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
+async def _send(client: httpx.AsyncClient, method: str, url: str, **options: Any) -> httpx.Response:
+    try:
+        return await client.request(method, url, **options)
+    except _STALE_CONNECTION:
+        return await client.request(method, url, **options)
 
 
 class ReplicaError(Exception):
@@ -191,7 +202,7 @@ class RemoteBackend(EventLoopState):
         try:
             client = self._require(self._client)
             path = self.options.health_path
-            answer = await client.get(f"{replica.url}{path}", timeout=_HEALTH_TIMEOUT_S)
+            answer = await _send(client, "GET", f"{replica.url}{path}", timeout=_HEALTH_TIMEOUT_S)
             if answer.status_code != 200:
                 raise ReplicaError(f"{path} answered {answer.status_code}")
             if not replica.up:  # new, or back: it may have restarted with another model
@@ -209,7 +220,8 @@ class RemoteBackend(EventLoopState):
     async def _verify(self, replica: Replica) -> None:
         """Served model and tokenization, the labels' included."""
         client = self._require(self._client)
-        models = (await client.get(f"{replica.url}/v1/models", timeout=_HEALTH_TIMEOUT_S)).json()["data"]
+        models = (await _send(client, "GET", f"{replica.url}/v1/models", timeout=_HEALTH_TIMEOUT_S)).json()
+        models = models["data"]
         served = [m["id"] for m in models]
         wanted = self.options.served_model
         if wanted is not None and wanted not in served:
@@ -224,7 +236,9 @@ class RemoteBackend(EventLoopState):
         label_texts = [self._tokenizer.decode([i]) for i in (*labels.yes_ids, *labels.no_ids)]
         for text in [sample, *label_texts]:
             body = {"model": replica.model, "prompt": text, "add_special_tokens": False}
-            answer = await client.post(f"{replica.url}/tokenize", json=body, timeout=_HEALTH_TIMEOUT_S)
+            answer = await _send(
+                client, "POST", f"{replica.url}/tokenize", json=body, timeout=_HEALTH_TIMEOUT_S
+            )
             if answer.status_code == 404:
                 log.warning("replica %s has no /tokenize; tokenization is not checked", replica.url)
                 return
@@ -402,7 +416,7 @@ class RemoteBackend(EventLoopState):
         client = self._require(self._client)
         async with replica.limit:
             try:
-                answer = await client.post(f"{replica.url}/v1/completions", json=body)
+                answer = await _send(client, "POST", f"{replica.url}/v1/completions", json=body)
             except httpx.TransportError as exc:  # refused, reset, timed out
                 raise ReplicaError(repr(exc)) from exc
         if answer.status_code in (408, 429):
