@@ -28,7 +28,8 @@ from rlme.service.backends.base import GenerationTask, SamplingSettings, Scoring
 from rlme.service.calibration import fit_calibrations
 from rlme.service.errors import ServiceStopping
 
-from support import TEST_LIMITS, ThreadedServer, free_port, wait_healthy
+from replica_double import ReplicaDouble
+from support import TEST_LIMITS, ThreadedServer, free_port, service_settings, wait_healthy
 
 pytestmark = [pytest.mark.model, pytest.mark.e2e]
 
@@ -68,7 +69,7 @@ def test_the_deadline_holds_for_queued_work_and_work_in_the_engine() -> None:
         for answer in answers:
             assert isinstance(answer, httpx.Response) and answer.status_code == 504, answer
             assert answer.json()["error"]["code"] == "deadline_exceeded"
-        assert elapsed < 2 + 1.5, elapsed  # at the deadline, not when the engine got to them
+        assert 2 - 1 < elapsed < 2 + 1, elapsed  # at the deadline +- 1 s, not when the engine got to them
         assert server.app.state.pool.evaluators["default"].batcher.queued_evaluations == 0
 
 
@@ -99,7 +100,9 @@ def test_sigterm_under_load_answers_json_never_a_500() -> None:
     assert 200 in codes and 503 in codes, codes  # some finished in the grace period, some did not
 
 
-def test_broken_state_files_degrade_monitoring_never_serving(tmp_path: Path) -> None:
+def test_broken_state_files_degrade_monitoring_never_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     runs, calibrations = tmp_path / "runs.sqlite", tmp_path / "calibrations.json"
     runs.write_bytes(b"this is not a database" * 100)
     calibrations.write_text('[{"evaluator": "default", "a": "steep"}')
@@ -122,24 +125,90 @@ def test_broken_state_files_degrade_monitoring_never_serving(tmp_path: Path) -> 
     assert 'rlme_store_broken{store="runs"} 1.0' in metrics
     assert 'rlme_store_broken{store="calibrations"} 1.0' in metrics
     assert {path: path.read_bytes() for path in files} == files  # the user's files, untouched
+    for path in files:  # one log line each, naming the file and the fix
+        lines = [r for r in caplog.records if r.levelname == "ERROR" and str(path) in r.getMessage()]
+        assert len(lines) == 1 and f"mv {path} {path}.broken" in lines[0].getMessage(), lines
 
 
-def test_kill_9_and_restart_keep_runs_and_calibrations(tmp_path: Path) -> None:
+def serve_process(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """`rlme serve` as its own process (signals reach it as in production), once healthy."""
     env = {
         **os.environ,
         "RLME_LOG_LEVEL": "warning",
         "RLME_MONITORING__DB_PATH": str(tmp_path / "runs.sqlite"),
         "RLME_CALIBRATIONS_PATH": str(tmp_path / "calibrations.json"),
+        **env,
     }
+    command = [sys.executable, "-m", "rlme.trainer.cli", "serve", "--port", str(port)]
+    with (tmp_path / "server.log").open("ab") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wait_healthy(f"http://127.0.0.1:{port}", process, tmp_path / "server.log", 180)
+    return process
+
+
+# Sampled hot and long, some of 16 judgments run to max_tokens (minutes on a CPU).
+LONG_JUDGMENT = {
+    "items": [{"prompt": "Tell a very long story about a cat, in many paragraphs.", "response": "Once..."}],
+    "judge": "additive_5", "samples": 16, "temperature": 1.5, "max_tokens": 2000, "seed": 1,
+}  # fmt: skip
+
+
+def test_a_real_process_ends_a_judgment_at_its_deadline_and_stops_at_sigterm(tmp_path: Path) -> None:
+    """The defect: a judgment ran on for 12 minutes and SIGTERM did not stop the process."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    limits = {"RLME_LIMITS__REQUEST_TIMEOUT_S": "4", "RLME_LIMITS__MAX_JUDGE_TOKENS": "2000"}
+    process = serve_process(tmp_path, port, RLME_SHUTDOWN_GRACE_S="2", **limits)
+    try:
+        started = time.monotonic()
+        late = httpx.post(f"{url}/v1/judgments", json=LONG_JUDGMENT, timeout=120)
+        took = time.monotonic() - started
+        # a judgment past its deadline is reported as such, masked, never a made-up score
+        [result] = late.json()["results"]
+        assert late.status_code == 200 and (result["status"], result["mask"], result["score"]) == (
+            "timeout", True, None,
+        ), late.text  # fmt: skip
+        assert 3.0 < took < 5.0, took  # the 4 s deadline, +- 1 s
+        started = time.monotonic()  # the engine was freed: the next request is served at once
+        assert httpx.post(f"{url}/v1/rewards", json=REWARD, timeout=60).status_code == 200
+        assert time.monotonic() - started < 3
+
+        answers: list[httpx.Response | BaseException] = []
+
+        def judge() -> None:
+            try:
+                answers.append(httpx.post(f"{url}/v1/judgments", json=LONG_JUDGMENT, timeout=120))
+            except httpx.TransportError as exc:
+                answers.append(exc)
+
+        caller = threading.Thread(target=judge)
+        caller.start()
+        time.sleep(1.0)  # generating
+        stopping = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        stopped = time.monotonic() - stopping
+        caller.join(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    # uvicorn re-raises the signal once it has shut down gracefully: the exit says SIGTERM
+    assert process.returncode in (0, -signal.SIGTERM), process.returncode
+    assert stopped < 2 + 1 + 3, stopped  # the grace, the engine's 1 s, slack
+    [answer] = answers
+    assert isinstance(answer, httpx.Response), answer  # answered, not dropped
+    assert answer.headers["content-type"].startswith("application/json"), answer.text
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "shutting_down", answer.text
+    assert int(answer.headers["retry-after"]) >= 1
+
+
+def test_kill_9_and_restart_keep_runs_and_calibrations(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 
     def start() -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "rlme.trainer.cli", "serve", "--port", str(port)]
-        with (tmp_path / "server.log").open("ab") as out:
-            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        wait_healthy(url, process, tmp_path / "server.log", 180)
-        return process
+        return serve_process(tmp_path, port)
 
     process = start()
     try:
@@ -152,8 +221,19 @@ def test_kill_9_and_restart_keep_runs_and_calibrations(tmp_path: Path) -> None:
             f"{url}/v1/calibrations", json={"items": items, "questions": QUESTIONS}, timeout=60
         )
         assert fitted.status_code == 200, fitted.text
-        before = httpx.get(f"{url}/v1/runs/kept").json()
         kept = [f for f in fitted.json()["calibrations"] if f["accepted"]]
+        assert kept
+        # The same items labelled the other way round: a fit that turns p_yes around is
+        # answered (200, refused, with its reason) and never replaces the kept one.
+        inverted = [{**item, "label": not item["label"]} for item in items]
+        refused = httpx.post(
+            f"{url}/v1/calibrations", json={"items": inverted, "questions": QUESTIONS}, timeout=60
+        )
+        assert refused.status_code == 200, refused.text
+        [fit] = refused.json()["calibrations"]
+        assert not fit["accepted"] and fit["a"] < 0 and "not positive" in fit["warning"], fit
+        assert httpx.get(f"{url}/v1/calibrations").json()["calibrations"] == kept
+        before = httpx.get(f"{url}/v1/runs/kept").json()
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         process = start()
@@ -204,3 +284,39 @@ def test_a_fit_that_turns_p_yes_around_is_refused_with_its_reason() -> None:
     [fit] = fit_calibrations(honest, labels, {"polite": "Is it polite?"}, {"default": "m"}, 0.25)
     assert fit.a > 0 and fit.accepted and fit.warning is None
     assert json.loads(fit.model_dump_json())["accepted"] is True
+
+
+def remote_evaluator(urls: list[str]) -> dict[str, Any]:
+    remote = {"urls": urls, "served_model": "evaluator", "timeout_s": 1.5, "health_interval_s": 60,
+              "failover_wait_s": 5, "request_shape": "batched"}  # fmt: skip
+    return {"name": "default", "backend": "remote", "model": "embedded", "remote": remote}
+
+
+@pytest.mark.parametrize("fault", ["hang", "garbage", "cut"])
+def test_a_remote_replica_that_hangs_answers_garbage_or_cuts_its_body_is_worked_around(fault: str) -> None:
+    """Through the real server, two replicas on real sockets (tests/replica_double.py), one
+    faulty only once given work: every answer is right, the faulty one is taken out."""
+    from transformers import AutoTokenizer
+
+    from rlme.service.model_store import EMBEDDED, resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED, service_settings().cache_dir))
+    good, bad = ReplicaDouble(tokenizer), ReplicaDouble(tokenizer, fault)
+    items = [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(12)]
+    body = {"items": items, "questions": QUESTIONS}
+    try:
+        with ThreadedServer(evaluators=[remote_evaluator([good.url])]) as alone:
+            expected = httpx.post(f"{alone.url}/v1/rewards", json=body, timeout=60).json()["rewards"]
+        with ThreadedServer(evaluators=[remote_evaluator([good.url, bad.url])]) as server:
+            started = time.monotonic()
+            answer = httpx.post(f"{server.url}/v1/rewards", json=body, timeout=60)
+            took = time.monotonic() - started
+            replicas = {r.url: r for r in server.backend.replicas}
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["rewards"] == expected  # the good replica's numbers, every item
+            assert bad.completions >= 1 and not replicas[bad.url].up and replicas[good.url].up
+            assert took < 1.5 + 3, took  # a hang costs remote.timeout_s, not more
+            assert fault in ("hang",) or replicas[bad.url].problem, replicas[bad.url].problem
+    finally:
+        good.close()
+        bad.close()
