@@ -180,3 +180,78 @@ def test_the_total_deadline_defaults() -> None:
     assert total_timeout_for(2, 30) == 30
     with pytest.raises(ValueError, match="total_timeout"):
         total_timeout_for(None, float("nan"))
+
+
+class RawServer:
+    """A real HTTP/1.1 server on 127.0.0.1 (a socket, no framework) that answers every
+    request with `head`, then `body` a byte every `drip_s` seconds: what a slow or hostile
+    server does to the client's sockets, which MockTransport cannot show."""
+
+    def __init__(self, head: bytes, body: bytes, drip_s: float = 0.0) -> None:
+        import socketserver
+        import threading
+
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += self.request.recv(65536)
+                headers, _, sent = received.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in headers.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                while len(sent) < length:
+                    sent += self.request.recv(65536)
+                outer.requests += 1
+                try:
+                    self.request.sendall(head)
+                    for i in range(len(body)):
+                        time.sleep(drip_s)
+                        self.request.sendall(body[i : i + 1])
+                except OSError:  # the client gave up: as it should
+                    return
+
+        self.requests = 0
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_real_socket_dripping_its_body_ends_the_call_at_its_total_timeout() -> None:
+    body = json.dumps(OK_BODY).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    server = RawServer(head, body, drip_s=0.2)  # the body would take ~20 s; each read is 0.2 s
+    try:
+        client = RewardClient(base_url=server.url, timeout=2)
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            client.rewards([{"prompt": "p", "response": "r"}], rubric="polite")
+        assert time.monotonic() - started < 3.5  # 2 s and one read past it, not 20 s
+    finally:
+        server.close()
+
+
+def test_a_real_server_asking_to_retry_after_a_day_fails_the_call_at_once() -> None:
+    body = b'{"error": {"code": "rate_limited", "message": "slow down"}}'
+    head = (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 99999\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    server = RawServer(head, body)
+    try:
+        client = RewardClient(base_url=server.url, timeout=2)
+        started = time.monotonic()
+        with pytest.raises(RateLimitError, match="total_timeout of 2 s"):
+            client.rewards([{"prompt": "p", "response": "r"}], rubric="polite")
+        assert time.monotonic() - started < 1.5 and server.requests == 1  # asked once, never slept
+    finally:
+        server.close()

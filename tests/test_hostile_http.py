@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from rlme.service.auth import new_key
 
@@ -290,3 +292,68 @@ def test_framework_routes_refuse_unknown_fields(server: ThreadedServer) -> None:
     assert_error(answer, 422, "invalid_request", "lable")
     openrlhf = {"query": ["p r"], "prompts": ["p"], "metas": [{"source": "gsm8k"}]}
     assert post(server, "/get_reward", openrlhf).status_code == 200  # OpenRLHF 0.11 sends metas
+
+
+# --- fuzzing what the body fuzz (test_fuzz_hostile.py) does not reach: path segments, query
+# parameters, credentials and the admin route, with keys on
+
+
+def _segment(raw: bytes) -> str:
+    """Any bytes as one percent-encoded path segment (invalid UTF-8 and NUL included)."""
+    return "".join(f"%{b:02X}" for b in raw) or "%20"
+
+
+hostile_bytes = st.one_of(
+    st.binary(min_size=1, max_size=40),
+    st.sampled_from([b"\xed\xa0\x80", b"\x00", b"..", b"secret-run", b"A" * 20_000, "é".encode()]),
+)
+credentials = st.one_of(
+    st.sampled_from(["team-a", "team-b", "ops", None]),  # a tenant's key, an admin's, none
+    st.sampled_from(["Bearer", "Basic dGVhbTph", "Bearer " + "k" * 100_000, "bearer  x y", "Bearer team-a"]),
+)
+
+
+@st.composite
+def keyed_requests(draw: st.DrawFn) -> tuple[str, str, bytes | None, Any]:
+    run, tenant = _segment(draw(hostile_bytes)), _segment(draw(hostile_bytes))
+    kind = draw(st.sampled_from(["run", "page", "calibrations", "metrics", "reload"]))
+    who = draw(credentials)
+    if kind == "reload":
+        name = draw(st.one_of(st.just("default"), hostile_bytes.map(_segment)))
+        model = draw(
+            st.one_of(hostile_bytes.map(lambda b: b.decode("utf-8", "surrogateescape")), st.integers())
+        )
+        body = json.dumps({"model": model}).encode()
+        return "POST", f"/admin/evaluators/{name}/reload", body, who
+    path = {"run": f"/v1/runs/{run}", "page": f"/runs/{run}", "calibrations": "/v1/calibrations",
+            "metrics": "/metrics"}[kind]  # fmt: skip
+    if draw(st.booleans()):
+        path += f"?tenant={tenant}"
+    return "GET", path, None, who
+
+
+def _credentials(keys: Keys, who: Any) -> dict[str, str]:
+    if who in keys.values:
+        return keys.headers(who)
+    return {} if who is None else {"Authorization": who}
+
+
+@hypothesis.settings(
+    max_examples=50, deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck)
+)
+@hypothesis.given(request=keyed_requests())
+def test_hostile_paths_queries_keys_and_reloads_never_get_a_5xx_or_another_tenants_run(
+    server: ThreadedServer, keys: Keys, request: tuple[str, str, bytes | None, Any]
+) -> None:
+    method, path, body, who = request
+    headers = _credentials(keys, who)
+    if body is not None:
+        headers["content-type"] = "application/json"
+    answer = httpx.request(method, f"{server.url}{path}", content=body, headers=headers, timeout=60)
+    assert answer.status_code < 500, (method, path[:200], who and str(who)[:40], answer.text[:300])
+    if answer.status_code >= 400:
+        assert answer.json()["error"]["message"], answer.text[:300]
+    if who != "ops" and path.startswith(("/v1/runs/", "/runs/")) and "tenant=" in path:
+        assert answer.status_code != 200, (path[:200], who)  # only admins name another tenant
+    if path.startswith("/admin/"):
+        assert answer.status_code != 200  # no hostile model is a model: nothing was reloaded
