@@ -80,10 +80,17 @@ class Evaluator:
         return self._identity[1]
 
     def _watch_replicas(self) -> None:
-        """rlme_remote_replica_up per server of a remote pool, read at each scrape."""
+        """rlme_remote_replica_up per server of a remote pool, and what request_shape auto has
+        measured, read at each scrape."""
         for replica in getattr(self.backend, "replicas", []):
             gauge = self._metrics.replica_up.labels(self.name, replica.url)
             gauge.set_function(functools.partial(_replica_up, replica))
+        chooser = getattr(self.backend, "shapes", None)
+        for shape in chooser.shapes if chooser is not None else ():
+            rate = self._metrics.request_shape_rate.labels(self.name, shape)
+            rate.set_function(functools.partial(chooser.rate, shape))
+            used = self._metrics.request_shape_used.labels(self.name, shape)
+            used.set_function(functools.partial(lambda s: float(chooser.best() == s), shape))
 
     def _observe(self, evaluations: int, tasks: int, seconds: float) -> None:
         self._metrics.batch_evaluations.labels(self.name).observe(evaluations)

@@ -194,10 +194,24 @@ async def test_auto_tries_every_shape_then_keeps_the_fastest(settings: Settings,
         tasks = item_tasks(6)
         for _ in range(12):
             assert_correct(backend, tasks, await backend.score_async(tasks))
-        chooser = backend._shapes
+        chooser = backend.shapes
         assert chooser is not None
         assert all(chooser.started[shape] >= 2 for shape in ("waves", "batched", "per_evaluation"))
         assert sum(chooser.started.values()) == 12 * len([u for u in URLS if fakes.completions[u]])
+        # what it measured is in the metrics: each shape's throughput, and the one in use
+        from rlme.service.evaluators import Evaluator
+        from rlme.service.metrics import Metrics
+
+        metrics = Metrics()
+        Evaluator(backend.config, backend, metrics, backend.cache_dir)
+
+        def sample(name: str, shape: str) -> float | None:
+            return metrics.registry.get_sample_value(name, {"evaluator": backend.config.name, "shape": shape})
+
+        rates = {s: sample("rlme_remote_request_shape_tokens_per_second", s) for s in chooser.shapes}
+        assert rates == {s: chooser.rate(s) for s in chooser.shapes} and all(r > 0 for r in rates.values())
+        used = {s: sample("rlme_remote_request_shape_used", s) for s in chooser.shapes}
+        assert used == {s: float(s == max(rates, key=rates.__getitem__)) for s in chooser.shapes}
     finally:
         await backend.aclose()
 

@@ -123,7 +123,7 @@ class RemoteBackend(EventLoopState):
         self._client: httpx.AsyncClient | None = None
         self._transport = transport
         self._checker: asyncio.Task[None] | None = None
-        self._shapes = ShapeChooser() if self.options.request_shape == "auto" else None
+        self.shapes = ShapeChooser() if self.options.request_shape == "auto" else None  # read by metrics
 
     # --- start-up and health -------------------------------------------------------------
 
@@ -155,7 +155,7 @@ class RemoteBackend(EventLoopState):
             )
             await self._wait_for_a_replica()
         except Exception as exc:
-            self._status = f"failed to load: {exc}"
+            self._status = f"failed to load {self.config.model!r}: {exc}"
             raise
         self._update_max_model_len()
         self._checker = asyncio.create_task(self._recheck_forever(), name=f"replicas-{self.config.name}")
@@ -377,7 +377,7 @@ class RemoteBackend(EventLoopState):
         max_concurrency in flight (`per_evaluation`)."""
         first = [(t, 0, task.sequences[0]) for t, task in enumerate(tasks)]
         rest = [(t, k, s) for t, task in enumerate(tasks) for k, s in enumerate(task.sequences) if k]
-        shape = self._shapes.pick() if self._shapes else self.options.request_shape
+        shape = self.shapes.pick() if self.shapes else self.options.request_shape
         started = time.monotonic()
         waves = (first, rest) if shape == "waves" else (first + rest,)
         per_request = 1 if shape == "per_evaluation" else self.options.max_batch_prompts
@@ -403,9 +403,9 @@ class RemoteBackend(EventLoopState):
                 # prompt's task's; the others' hits are not reported, so on this backend
                 # `cached_prompt_tokens` is a lower bound.
                 cached[part[-1][0]] += cache_hits
-        if self._shapes:
+        if self.shapes:
             tokens = sum(task.prompt_tokens for task in tasks)
-            self._shapes.record(shape, tokens, time.monotonic() - started)
+            self.shapes.record(shape, tokens, time.monotonic() - started)
         return [
             TaskResult(tuple(scores[t, k] for k in range(task.evaluations)), cached[t])
             for t, task in enumerate(tasks)

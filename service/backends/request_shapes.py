@@ -53,5 +53,9 @@ class ShapeChooser:
             return None
         return max(measured, key=lambda s: statistics.median(self.rates[s]))
 
+    def rate(self, shape: str) -> float:
+        """The throughput `best` compares for this shape; 0 before it was measured."""
+        return statistics.median(self.rates[shape]) if self.rates[shape] else 0.0
+
     def record(self, shape: str, tokens: int, seconds: float) -> None:
         self.rates[shape].append(tokens / max(seconds, 1e-6))
