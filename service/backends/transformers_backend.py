@@ -73,7 +73,7 @@ class TransformersBackend(LoadedState):
             labels = label_tokens(tokenizer, self.config.yes_words, self.config.no_words)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, attn_implementation="sdpa")
         except Exception as exc:
-            self._status = f"failed to load: {exc}"
+            self._status = f"failed to load {self.config.model!r}: {exc}"
             raise
         self.adopt(model, tokenizer, labels)
         log.info("evaluator %r loaded from %s on %s (%s)", self.config.name, path, self.device, self.dtype)

@@ -90,7 +90,7 @@ class VLLMBackend(EventLoopState):
         try:
             await self._load()
         except Exception as exc:
-            self._status = f"failed to load: {exc}"
+            self._status = f"failed to load {self.config.model!r}: {exc}"
             raise
         self._status = "ok"
 
