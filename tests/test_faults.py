@@ -9,6 +9,7 @@ that stopped the service blaming the YAML config.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -320,3 +321,39 @@ def test_a_remote_replica_that_hangs_answers_garbage_or_cuts_its_body_is_worked_
     finally:
         good.close()
         bad.close()
+
+
+def test_an_evaluator_that_fails_to_load_is_reported_and_refused_as_json(tmp_path: Path) -> None:
+    """`rlme serve` with a model folder that is not a model: alive, not ready, and every
+    request a JSON 503 that names the folder and the fix, never a 500 or a hang."""
+    bogus = tmp_path / "bogus-model"
+    bogus.mkdir()
+    (bogus / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    evaluators = json.dumps([{"name": "default", "model": str(bogus)}])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "RLME_LOG_LEVEL": "warning", "RLME_EVALUATORS": evaluators,
+           "RLME_MONITORING__DB_PATH": str(tmp_path / "runs.sqlite")}  # fmt: skip
+    command = [sys.executable, "-m", "rlme.trainer.cli", "serve", "--port", str(port)]
+    with (tmp_path / "server.log").open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        health: dict[str, Any] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and health.get("status") != "error":
+            assert process.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            with contextlib.suppress(httpx.TransportError):
+                health = httpx.get(f"{url}/health", timeout=2).json()
+            time.sleep(0.3)
+        assert (
+            health["status"] == "error"
+            and f"failed to load {str(bogus)!r}" in health["evaluators"]["default"]
+        )
+        assert httpx.get(f"{url}/health/live").status_code == 200
+        asked = httpx.post(f"{url}/v1/rewards", json=REWARD, timeout=30)
+        assert asked.status_code == 503 and asked.headers["content-type"].startswith("application/json")
+        error = asked.json()["error"]
+        assert error["retryable"] is False and str(bogus) in error["message"] and "reload" in error["message"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)

@@ -35,10 +35,11 @@ class Keys:
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
         self.config: list[dict[str, Any]] = []
-        for tenant, admin in (("team-a", False), ("team-b", False), ("ops", True)):
+        roles = [("team-a", False, False), ("team-b", False, False), ("ops", True, False)]
+        for tenant, admin, metrics in [*roles, ("scraper", False, True)]:  # (tenant, admin, metrics)
             key, digest = new_key()
             self.values[tenant] = key
-            self.config.append({"tenant": tenant, "sha256": digest, "admin": admin})
+            self.config.append({"tenant": tenant, "sha256": digest, "admin": admin, "metrics": metrics})
 
     def headers(self, tenant: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.values[tenant]}"}
@@ -116,6 +117,29 @@ def test_metrics_need_a_key_and_never_name_a_run(server: ThreadedServer, keys: K
     assert exported.status_code == 200
     assert "hidden-run-id" not in exported.text and "secret-run" not in exported.text
     assert 'rlme_runs{alarm="ok",tenant="team-a"}' in exported.text
+    # a key with `metrics: true` scrapes, and is no admin
+    scraped = httpx.get(f"{server.url}/metrics", headers=keys.headers("scraper"))
+    assert scraped.status_code == 200 and 'rlme_runs{alarm="ok",tenant="team-a"}' in scraped.text
+    reload = httpx.post(
+        f"{server.url}/admin/evaluators/default/reload", json={}, headers=keys.headers("scraper"), timeout=60
+    )
+    assert_error(reload, 403, "forbidden")
+
+
+def test_operators_can_open_metrics_and_name_runs_in_them(keys: Keys, tmp_path: Path) -> None:
+    auth = {"keys": keys.config, "allow_anonymous": False, "metrics_public": True}
+    monitoring = {"db_path": str(tmp_path / "runs.sqlite"), "canary_rate": 0, "run_metric_labels": True}
+    with ThreadedServer(auth=auth, monitoring=monitoring) as server:
+        server.keys = keys  # type: ignore[attr-defined]
+        for step in (0, 1):  # the alarm is judged once a step has closed
+            assert (
+                post(server, "/v1/rewards", {**REWARD, "run": "named-run", "step": step}).status_code == 200
+            )
+        exported = httpx.get(f"{server.url}/metrics")  # no key: the operator opened it
+    assert exported.status_code == 200
+    assert 'rlme_run_alarm{run="named-run",tenant="team-a"}' in exported.text, [
+        line for line in exported.text.splitlines() if "rlme_run" in line
+    ]
 
 
 # --- text that is not text, numbers that are not numbers ----------------------------------
