@@ -55,7 +55,7 @@ from support import start_server  # noqa: E402
 
 # (e)...: the remote backend in front of (b)'s server, one rlme process per request shape
 REMOTE_SHAPES = {"e": "auto", "f": "waves", "g": "batched", "h": "per_evaluation"}
-LEARNING_REQUESTS = 8  # untimed requests `auto` sees first (TRIALS x 3 shapes + 2), per workload
+LEARNING_REQUESTS = 8  # untimed requests `auto` sees first (a warm-up, TRIALS x 3 shapes, 1), per workload
 
 
 async def timed(run: Callable[[], Awaitable[Any]], reset: Callable[[], Awaitable[Any]]) -> float:

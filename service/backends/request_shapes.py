@@ -5,7 +5,11 @@ list-prompt request (`batched`), every item's first question and then the rest (
 so the rest find the item's prefix cached), or one request per evaluation with many in
 flight (`per_evaluation`). Which is fastest differs by engine, machine and workload
 (docs/benchmarks.md, "GRPO-shaped requests"), so `auto` measures instead of assuming:
-- the first batches try every shape in turn (TRIALS each, counting batches in flight);
+- the first batch warms up (the first connection, the engine's first batch) and its time
+  is not recorded; then every shape is tried TRIALS times in a balanced order, A B C C B A,
+  so a machine that speeds up or slows down meanwhile favours no shape (measured: in plain
+  rotation on a 2-core CPU, the shape tried first read half as fast, and the last one won
+  a 4% difference it did not have);
 - from then on a batch gets the shape with the highest recent throughput: prompt tokens a
   second of batch wall time, the median of its last WINDOW batches;
 - every EXPLORE_EVERY-th batch re-tries the other shapes in turn, so a change (another
@@ -31,12 +35,16 @@ class ShapeChooser:
         self.rates: dict[str, deque[float]] = {shape: deque(maxlen=WINDOW) for shape in shapes}
         self.started = dict.fromkeys(shapes, 0)  # batches given each shape so far
         self.batches = 0
+        # the warm-up batch, then A B C C B A ...: TRIALS passes, every other one reversed
+        passes = [shapes if t % 2 == 0 else shapes[::-1] for t in range(TRIALS)]
+        self.plan = [shapes[0], *(shape for order in passes for shape in order)]
+        self.unrecorded = 1  # the first batch to finish is the warm-up
 
     def pick(self) -> str:
         self.batches += 1
         least = min(self.shapes, key=lambda s: self.started[s])
-        if self.started[least] < TRIALS:
-            shape = least
+        if self.batches <= len(self.plan):
+            shape = self.plan[self.batches - 1]
         elif any(not rates for rates in self.rates.values()):  # trials still in flight
             shape = self.best() or least
         elif self.batches % EXPLORE_EVERY == 0:
@@ -58,4 +66,7 @@ class ShapeChooser:
         return statistics.median(self.rates[shape]) if self.rates[shape] else 0.0
 
     def record(self, shape: str, tokens: int, seconds: float) -> None:
+        if self.unrecorded:
+            self.unrecorded -= 1
+            return
         self.rates[shape].append(tokens / max(seconds, 1e-6))
