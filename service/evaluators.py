@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rlme.service.backends.base import Backend, build_task, score_now
+from rlme.service.backends.request_shapes import ShapeChooser
 from rlme.service.batcher import Batcher
 from rlme.service.errors import EvaluatorBroken, NotReady, ServiceError
 from rlme.service.metrics import Metrics
@@ -85,12 +86,14 @@ class Evaluator:
         for replica in getattr(self.backend, "replicas", []):
             gauge = self._metrics.replica_up.labels(self.name, replica.url)
             gauge.set_function(functools.partial(_replica_up, replica))
-        chooser = getattr(self.backend, "shapes", None)
-        for shape in chooser.shapes if chooser is not None else ():
+        chooser: ShapeChooser | None = getattr(self.backend, "shapes", None)
+        if chooser is None:
+            return
+        for shape in chooser.shapes:
             rate = self._metrics.request_shape_rate.labels(self.name, shape)
             rate.set_function(functools.partial(chooser.rate, shape))
             used = self._metrics.request_shape_used.labels(self.name, shape)
-            used.set_function(functools.partial(lambda s: float(chooser.best() == s), shape))
+            used.set_function(functools.partial(_in_use, chooser, shape))
 
     def _observe(self, evaluations: int, tasks: int, seconds: float) -> None:
         self._metrics.batch_evaluations.labels(self.name).observe(evaluations)
@@ -195,6 +198,10 @@ async def _setup(backend: Backend) -> None:
         await setup_async()
     else:
         await asyncio.to_thread(backend.setup)
+
+
+def _in_use(chooser: ShapeChooser, shape: str) -> float:
+    return float(chooser.best() == shape)
 
 
 def _replica_up(replica: Any) -> float:

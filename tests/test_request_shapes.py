@@ -53,4 +53,26 @@ def test_a_machine_that_speeds_up_meanwhile_favours_no_shape() -> None:
     assert chooser.rate("batched") == pytest.approx(1135.0)
     assert chooser.rate("per_evaluation") == pytest.approx(980 * 1.135)
     assert chooser.best() == "batched"
-    assert chooser.started["waves"] == 3 and len(chooser.rates["waves"]) == 2  # the warm-up: not recorded
+    assert chooser.started["waves"] == 3 and len(chooser.kinds[0].rates["waves"]) == 2  # warm-up: unrecorded
+
+
+def test_each_kind_of_batch_has_its_own_trials_and_choice() -> None:
+    """Short prompts run at fewer tokens a second than long shared ones: a choice made on one
+    kind must not compare a fresh figure of one shape with another kind's stale ones."""
+    chooser = ShapeChooser()
+    short = {"waves": 900.0, "batched": 1000.0, "per_evaluation": 1100.0}
+    for _ in range(20):
+        shape = chooser.pick(200)
+        chooser.record(shape, 1000, 1000 / short[shape], 200)
+    assert chooser.best() == "per_evaluation"
+    long = {"waves": 1500.0, "batched": 2000.0, "per_evaluation": 1800.0}  # 1,000-token prompts
+    picked = []
+    for _ in range(20):
+        shape = chooser.pick(1000)
+        chooser.record(shape, 1000, 1000 / long[shape], 1000)
+        picked.append(shape)
+    assert picked[:6] == [*SHAPES, *SHAPES[::-1]]  # its own trials (the warm-up was the short kind's)
+    assert chooser.best() == "batched" and picked[-5:].count("batched") >= 4
+    assert chooser.rate("per_evaluation") == 1800.0  # this kind's figure, not the short kind's 1100
+    chooser.pick(200)
+    assert chooser.best() == "per_evaluation"  # the short kind kept its own

@@ -377,7 +377,9 @@ class RemoteBackend(EventLoopState):
         max_concurrency in flight (`per_evaluation`)."""
         first = [(t, 0, task.sequences[0]) for t, task in enumerate(tasks)]
         rest = [(t, k, s) for t, task in enumerate(tasks) for k, s in enumerate(task.sequences) if k]
-        shape = self.shapes.pick() if self.shapes else self.options.request_shape
+        tokens = sum(task.prompt_tokens for task in tasks)
+        tokens_each = tokens / max(1, sum(task.evaluations for task in tasks))  # the batch's kind
+        shape = self.shapes.pick(tokens_each) if self.shapes else self.options.request_shape
         started = time.monotonic()
         waves = (first, rest) if shape == "waves" else (first + rest,)
         per_request = 1 if shape == "per_evaluation" else self.options.max_batch_prompts
@@ -404,8 +406,7 @@ class RemoteBackend(EventLoopState):
                 # `cached_prompt_tokens` is a lower bound.
                 cached[part[-1][0]] += cache_hits
         if self.shapes:
-            tokens = sum(task.prompt_tokens for task in tasks)
-            self.shapes.record(shape, tokens, time.monotonic() - started)
+            self.shapes.record(shape, tokens, time.monotonic() - started, tokens_each)
         return [
             TaskResult(tuple(scores[t, k] for k in range(task.evaluations)), cached[t])
             for t, task in enumerate(tasks)

@@ -5,21 +5,28 @@ list-prompt request (`batched`), every item's first question and then the rest (
 so the rest find the item's prefix cached), or one request per evaluation with many in
 flight (`per_evaluation`). Which is fastest differs by engine, machine and workload
 (docs/benchmarks.md, "GRPO-shaped requests"), so `auto` measures instead of assuming:
-- the first batch warms up (the first connection, the engine's first batch) and its time
-  is not recorded; then every shape is tried TRIALS times in a balanced order, A B C C B A,
-  so a machine that speeds up or slows down meanwhile favours no shape (measured: in plain
-  rotation on a 2-core CPU, the shape tried first read half as fast, and the last one won
-  a 4% difference it did not have);
-- from then on a batch gets the shape with the highest recent throughput: prompt tokens a
-  second of batch wall time, the median of its last WINDOW batches;
-- every EXPLORE_EVERY-th batch re-tries the other shapes in turn, so a change (another
-  workload, a busier server) is noticed.
+- throughput (prompt tokens a second of batch wall time) is only comparable between
+  batches of one kind: a batch of 1,000-token prompts with shared prefixes runs at twice
+  the tokens a second of one of 200-token prompts. So each kind of batch, by its prompt
+  tokens an evaluation in powers of two (128-255, 256-511, ...), has its own trials and
+  its own choice (measured: one choice for all, carried from 200-token to 1,000-token
+  prompts, compared a fresh figure of one shape with stale ones of the others);
+- the very first batch warms up (the first connection, the engine's first batch) and its
+  time is not recorded; then every shape is tried TRIALS times in a balanced order,
+  A B C C B A, so a machine that speeds up or slows down meanwhile favours no shape
+  (measured: in plain rotation on a 2-core CPU the shape tried first read half as fast,
+  and the one tried last won a 4% difference it did not have);
+- from then on a batch gets the shape with the highest recent throughput in its kind, the
+  median of its last WINDOW batches;
+- every EXPLORE_EVERY-th batch of a kind re-tries the other shapes in turn, so a change (a
+  busier server, another engine behind the URL) is noticed.
 A batch that fails records nothing. Results do not depend on the shape (tested); only speed
 and the `cached_prompt_tokens` lower bound do.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 
@@ -29,16 +36,21 @@ WINDOW = 5
 EXPLORE_EVERY = 10
 
 
-class ShapeChooser:
-    def __init__(self, shapes: tuple[str, ...] = SHAPES) -> None:
+def kind_of(tokens_per_evaluation: float) -> int:
+    """The kind of a batch: log2 of its prompt tokens an evaluation, rounded down."""
+    return int(math.log2(max(tokens_per_evaluation, 1.0)))
+
+
+class _Kind:
+    """Trials, then the fastest, for one kind of batch."""
+
+    def __init__(self, shapes: tuple[str, ...]) -> None:
         self.shapes = shapes
         self.rates: dict[str, deque[float]] = {shape: deque(maxlen=WINDOW) for shape in shapes}
         self.started = dict.fromkeys(shapes, 0)  # batches given each shape so far
         self.batches = 0
-        # the warm-up batch, then A B C C B A ...: TRIALS passes, every other one reversed
-        passes = [shapes if t % 2 == 0 else shapes[::-1] for t in range(TRIALS)]
-        self.plan = [shapes[0], *(shape for order in passes for shape in order)]
-        self.unrecorded = 1  # the first batch to finish is the warm-up
+        # TRIALS passes over the shapes, every other one reversed: A B C C B A ...
+        self.plan = [shape for t in range(TRIALS) for shape in (shapes if t % 2 == 0 else shapes[::-1])]
 
     def pick(self) -> str:
         self.batches += 1
@@ -61,12 +73,40 @@ class ShapeChooser:
             return None
         return max(measured, key=lambda s: statistics.median(self.rates[s]))
 
-    def rate(self, shape: str) -> float:
-        """The throughput `best` compares for this shape; 0 before it was measured."""
-        return statistics.median(self.rates[shape]) if self.rates[shape] else 0.0
 
-    def record(self, shape: str, tokens: int, seconds: float) -> None:
-        if self.unrecorded:
-            self.unrecorded -= 1
+class ShapeChooser:
+    def __init__(self, shapes: tuple[str, ...] = SHAPES) -> None:
+        self.shapes = shapes
+        self.kinds: dict[int, _Kind] = {}
+        self.current = 0  # the kind of the latest batch: what the metrics show
+        self.warming = True  # the first batch of all warms up, unrecorded
+
+    def _kind(self, kind: int) -> _Kind:
+        return self.kinds.setdefault(kind, _Kind(self.shapes))
+
+    def pick(self, tokens_per_evaluation: float = 1.0) -> str:
+        self.current = kind_of(tokens_per_evaluation)
+        if self.warming and not self.kinds:  # the warm-up counts toward no trial
+            self._kind(self.current).started[self.shapes[0]] += 1
+            return self.shapes[0]
+        return self._kind(self.current).pick()
+
+    def record(self, shape: str, tokens: int, seconds: float, tokens_per_evaluation: float = 1.0) -> None:
+        if self.warming:
+            self.warming = False
             return
-        self.rates[shape].append(tokens / max(seconds, 1e-6))
+        self._kind(kind_of(tokens_per_evaluation)).rates[shape].append(tokens / max(seconds, 1e-6))
+
+    @property
+    def started(self) -> dict[str, int]:
+        """Batches given each shape, over every kind."""
+        return {s: sum(kind.started[s] for kind in self.kinds.values()) for s in self.shapes}
+
+    def best(self) -> str | None:
+        """The shape the latest kind of batch now gets."""
+        return self._kind(self.current).best()
+
+    def rate(self, shape: str) -> float:
+        """The throughput `best` compares for this shape in the latest kind; 0 before measured."""
+        rates = self._kind(self.current).rates[shape]
+        return statistics.median(rates) if rates else 0.0
