@@ -122,14 +122,14 @@ class Metrics:
         )
         self.request_shape_rate = Gauge(
             "rlme_remote_request_shape_tokens_per_second",
-            "request_shape auto: each shape's measured throughput (median of its recent batches; prompt "
-            "tokens a second of batch time; 0 until tried).",
+            "request_shape auto: each shape's measured throughput for the latest batch's kind (median of "
+            "its recent batches; prompt tokens a second of batch time; 0 until tried).",
             ["evaluator", "shape"],
             registry=r,
         )
         self.request_shape_used = Gauge(
             "rlme_remote_request_shape_used",
-            "request_shape auto: 1 for the shape most batches now get, 0 for the others.",
+            "request_shape auto: 1 for the shape the latest batch's kind now gets, 0 for the others.",
             ["evaluator", "shape"],
             registry=r,
         )

@@ -60,6 +60,10 @@ class FakeReplicas:
             return httpx.Response(200, json={"object": "error"})
         if state == "cut" and request.url.path == "/v1/completions":
             raise httpx.RemoteProtocolError("peer closed connection mid-body", request=request)
+        if state == "late_cut" and request.url.path == "/v1/completions":  # cut after working
+            self.requests[url] += 1
+            await asyncio.sleep(0.6)
+            raise httpx.ReadError("connection reset mid-body", request=request)
         if state == "stale":  # a keep-alive connection the server closed: this request only
             self.state[url] = "up"
             self.stale_hits += 1
@@ -197,7 +201,8 @@ async def test_auto_tries_every_shape_then_keeps_the_fastest(settings: Settings,
         chooser = backend.shapes
         assert chooser is not None
         assert all(chooser.started[shape] >= 2 for shape in ("waves", "batched", "per_evaluation"))
-        assert sum(chooser.started.values()) == 12 * len([u for u in URLS if fakes.completions[u]])
+        groups = 12 * len([u for u in URLS if fakes.completions[u]])
+        assert sum(chooser.started.values()) == groups - 1  # the warm-up batch is no trial
         # what it measured is in the metrics: each shape's throughput, and the one in use
         from rlme.service.evaluators import Evaluator
         from rlme.service.metrics import Metrics
@@ -296,6 +301,11 @@ async def test_a_connection_the_replica_closed_while_idle_is_sent_again_not_a_fa
     fakes.state[URLS[0]] = "stale"
     await backend._check(backend.replicas[0])  # a health check that meets one
     assert backend.replicas[0].up and fakes.stale_hits >= 2
+    # a request cut off after the server worked on it is not sent again: the replica is out
+    fakes.state[URLS[1]] = "late_cut"
+    before = fakes.requests[URLS[1]]
+    assert_correct(backend, tasks, await backend.score_async(tasks))
+    assert fakes.requests[URLS[1]] - before == 1 and not backend.replicas[1].up
 
 
 async def test_a_replica_comes_back_when_its_health_check_passes(pool: Any) -> None:

@@ -53,7 +53,7 @@ from rlme.service.backends.base import (
     logsumexp,
     until_deadline,
 )
-from rlme.service.backends.request_shapes import ShapeChooser
+from rlme.service.backends.request_shapes import WARM_UP, ShapeChooser
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import SAMPLE_ITEM, SAMPLE_QUESTION, encode, label_tokens, render
 from rlme.service.settings import EvaluatorConfig, RemoteOptions
@@ -61,16 +61,24 @@ from rlme.service.settings import EvaluatorConfig, RemoteOptions
 log = logging.getLogger(__name__)
 
 _HEALTH_TIMEOUT_S = 5.0
-# What a pooled keep-alive connection that the server closed meanwhile raises (uvicorn, under
-# vLLM's API server, closes one idle for 5 s: the health check's own interval). Sent again
-# once on a new connection before the replica counts as failed; a timeout is never resent.
+# uvicorn, under vLLM's API server, closes a keep-alive connection idle for 5 s (the health
+# check's own interval, and httpx's default expiry): our pool drops idle ones after 2 s, and
+# a request that still meets one closed under it fails at once with one of these. It is sent
+# again once; a failure after work may have been done (a body cut off after STALE_WITHIN_S),
+# and a timeout, are never resent: they count against the replica.
 _STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+KEEPALIVE_EXPIRY_S = 2.0
+STALE_WITHIN_S = 0.5
 
 
 async def _send(client: httpx.AsyncClient, method: str, url: str, **options: Any) -> httpx.Response:
+    started = time.monotonic()
     try:
         return await client.request(method, url, **options)
-    except _STALE_CONNECTION:
+    except _STALE_CONNECTION as exc:
+        if time.monotonic() - started > STALE_WITHIN_S:
+            raise
+        log.debug("%s %s met a closed connection (%r); sending it again", method, url, exc)
         return await client.request(method, url, **options)
 
 
@@ -150,7 +158,10 @@ class RemoteBackend(EventLoopState):
                 headers=headers,
                 timeout=self.options.timeout_s,
                 # Room beside the scoring requests for the health checks.
-                limits=httpx.Limits(max_connections=(self.options.max_concurrency + 2) * len(self.replicas)),
+                limits=httpx.Limits(
+                    max_connections=(self.options.max_concurrency + 2) * len(self.replicas),
+                    keepalive_expiry=KEEPALIVE_EXPIRY_S,
+                ),
                 transport=self._transport,
             )
             await self._wait_for_a_replica()
@@ -379,7 +390,8 @@ class RemoteBackend(EventLoopState):
         rest = [(t, k, s) for t, task in enumerate(tasks) for k, s in enumerate(task.sequences) if k]
         tokens = sum(task.prompt_tokens for task in tasks)
         tokens_each = tokens / max(1, sum(task.evaluations for task in tasks))  # the batch's kind
-        shape = self.shapes.pick(tokens_each) if self.shapes else self.options.request_shape
+        picked = self.shapes.pick(tokens_each) if self.shapes else self.options.request_shape
+        shape = self.shapes.shapes[0] if self.shapes and picked == WARM_UP else picked
         started = time.monotonic()
         waves = (first, rest) if shape == "waves" else (first + rest,)
         per_request = 1 if shape == "per_evaluation" else self.options.max_batch_prompts
@@ -406,7 +418,7 @@ class RemoteBackend(EventLoopState):
                 # `cached_prompt_tokens` is a lower bound.
                 cached[part[-1][0]] += cache_hits
         if self.shapes:
-            self.shapes.record(shape, tokens, time.monotonic() - started, tokens_each)
+            self.shapes.record(picked, tokens, time.monotonic() - started, tokens_each)
         return [
             TaskResult(tuple(scores[t, k] for k in range(task.evaluations)), cached[t])
             for t, task in enumerate(tasks)

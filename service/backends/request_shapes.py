@@ -19,7 +19,8 @@ flight (`per_evaluation`). Which is fastest differs by engine, machine and workl
 - from then on a batch gets the shape with the highest recent throughput in its kind, the
   median of its last WINDOW batches;
 - every EXPLORE_EVERY-th batch of a kind re-tries the other shapes in turn, so a change (a
-  busier server, another engine behind the URL) is noticed.
+  busier server, another engine behind the URL) is noticed, and a shape whose trials all
+  failed is tried again.
 A batch that fails records nothing. Results do not depend on the shape (tested); only speed
 and the `cached_prompt_tokens` lower bound do.
 """
@@ -57,12 +58,10 @@ class _Kind:
         least = min(self.shapes, key=lambda s: self.started[s])
         if self.batches <= len(self.plan):
             shape = self.plan[self.batches - 1]
-        elif any(not rates for rates in self.rates.values()):  # trials still in flight
-            shape = self.best() or least
-        elif self.batches % EXPLORE_EVERY == 0:
+        elif self.batches % EXPLORE_EVERY == 0:  # first: a shape whose trials all failed is retried
             others = [s for s in self.shapes if s != self.best()]
             shape = others[(self.batches // EXPLORE_EVERY) % len(others)]
-        else:
+        else:  # the fastest so far (trials still in flight: the least tried)
             shape = self.best() or least
         self.started[shape] += 1
         return shape
@@ -74,28 +73,33 @@ class _Kind:
         return max(measured, key=lambda s: statistics.median(self.rates[s]))
 
 
+WARM_UP = "warm-up"  # what `pick` returns for the first batch of all: send it as the first shape
+
+
 class ShapeChooser:
+    """`pick` a shape for a batch, `record` how fast it went. The very first batch gets
+    WARM_UP: the caller sends it as `shapes[0]` and records it under that name, so only
+    that batch is left out, whichever batch finishes first."""
+
     def __init__(self, shapes: tuple[str, ...] = SHAPES) -> None:
         self.shapes = shapes
         self.kinds: dict[int, _Kind] = {}
         self.current = 0  # the kind of the latest batch: what the metrics show
-        self.warming = True  # the first batch of all warms up, unrecorded
+        self.warmed = False
 
     def _kind(self, kind: int) -> _Kind:
         return self.kinds.setdefault(kind, _Kind(self.shapes))
 
     def pick(self, tokens_per_evaluation: float = 1.0) -> str:
         self.current = kind_of(tokens_per_evaluation)
-        if self.warming and not self.kinds:  # the warm-up counts toward no trial
-            self._kind(self.current).started[self.shapes[0]] += 1
-            return self.shapes[0]
+        if not self.warmed:
+            self.warmed = True
+            return WARM_UP
         return self._kind(self.current).pick()
 
     def record(self, shape: str, tokens: int, seconds: float, tokens_per_evaluation: float = 1.0) -> None:
-        if self.warming:
-            self.warming = False
-            return
-        self._kind(kind_of(tokens_per_evaluation)).rates[shape].append(tokens / max(seconds, 1e-6))
+        if shape != WARM_UP:
+            self._kind(kind_of(tokens_per_evaluation)).rates[shape].append(tokens / max(seconds, 1e-6))
 
     @property
     def started(self) -> dict[str, int]:
@@ -103,10 +107,12 @@ class ShapeChooser:
         return {s: sum(kind.started[s] for kind in self.kinds.values()) for s in self.shapes}
 
     def best(self) -> str | None:
-        """The shape the latest kind of batch now gets."""
-        return self._kind(self.current).best()
+        """The shape the latest kind of batch now gets (reading changes nothing)."""
+        kind = self.kinds.get(self.current)
+        return kind.best() if kind is not None else None
 
     def rate(self, shape: str) -> float:
         """The throughput `best` compares for this shape in the latest kind; 0 before measured."""
-        rates = self._kind(self.current).rates[shape]
+        kind = self.kinds.get(self.current)
+        rates = kind.rates[shape] if kind is not None else ()
         return statistics.median(rates) if rates else 0.0
