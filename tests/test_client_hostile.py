@@ -197,7 +197,10 @@ class RawServer:
             def handle(self) -> None:
                 received = b""
                 while b"\r\n\r\n" not in received:
-                    received += self.request.recv(65536)
+                    chunk = self.request.recv(65536)
+                    if not chunk:  # the client went away
+                        return
+                    received += chunk
                 headers, _, sent = received.partition(b"\r\n\r\n")
                 length = next(
                     int(line.split(b":")[1])
@@ -205,7 +208,10 @@ class RawServer:
                     if line.lower().startswith(b"content-length")
                 )
                 while len(sent) < length:
-                    sent += self.request.recv(65536)
+                    chunk = self.request.recv(65536)
+                    if not chunk:
+                        return
+                    sent += chunk
                 outer.requests += 1
                 try:
                     self.request.sendall(head)

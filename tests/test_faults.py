@@ -70,7 +70,8 @@ def test_the_deadline_holds_for_queued_work_and_work_in_the_engine() -> None:
         for answer in answers:
             assert isinstance(answer, httpx.Response) and answer.status_code == 504, answer
             assert answer.json()["error"]["code"] == "deadline_exceeded"
-        assert 2 - 1 < elapsed < 2 + 1, elapsed  # at the deadline +- 1 s, not when the engine got to them
+        # at the deadline (+1.5 s of slack for a loaded CI machine), not when the engine got to them (6 s)
+        assert 2 - 1 < elapsed < 2 + 1.5, elapsed
         assert server.app.state.pool.evaluators["default"].batcher.queued_evaluations == 0
 
 
@@ -159,7 +160,7 @@ def test_a_real_process_ends_a_judgment_at_its_deadline_and_stops_at_sigterm(tmp
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     limits = {"RLME_LIMITS__REQUEST_TIMEOUT_S": "4", "RLME_LIMITS__MAX_JUDGE_TOKENS": "2000"}
-    process = serve_process(tmp_path, port, RLME_SHUTDOWN_GRACE_S="2", **limits)
+    process = serve_process(tmp_path, port, RLME_SHUTDOWN_GRACE_S="1", **limits)
     try:
         started = time.monotonic()
         late = httpx.post(f"{url}/v1/judgments", json=LONG_JUDGMENT, timeout=120)
@@ -172,7 +173,7 @@ def test_a_real_process_ends_a_judgment_at_its_deadline_and_stops_at_sigterm(tmp
         assert 3.0 < took < 5.0, took  # the 4 s deadline, +- 1 s
         started = time.monotonic()  # the engine was freed: the next request is served at once
         assert httpx.post(f"{url}/v1/rewards", json=REWARD, timeout=60).status_code == 200
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 5
 
         answers: list[httpx.Response | BaseException] = []
 
@@ -184,7 +185,7 @@ def test_a_real_process_ends_a_judgment_at_its_deadline_and_stops_at_sigterm(tmp
 
         caller = threading.Thread(target=judge)
         caller.start()
-        time.sleep(1.0)  # generating
+        time.sleep(1.0)  # generating; the grace ends at ~2 s, well before the 4 s deadline
         stopping = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
@@ -196,7 +197,7 @@ def test_a_real_process_ends_a_judgment_at_its_deadline_and_stops_at_sigterm(tmp
             process.wait(timeout=30)
     # uvicorn re-raises the signal once it has shut down gracefully: the exit says SIGTERM
     assert process.returncode in (0, -signal.SIGTERM), process.returncode
-    assert stopped < 2 + 1 + 3, stopped  # the grace, the engine's 1 s, slack
+    assert stopped < 1 + 1 + 4, stopped  # the grace, the engine's 1 s, slack
     [answer] = answers
     assert isinstance(answer, httpx.Response), answer  # answered, not dropped
     assert answer.headers["content-type"].startswith("application/json"), answer.text

@@ -329,11 +329,12 @@ def _segment(raw: bytes) -> str:
 
 hostile_bytes = st.one_of(
     st.binary(min_size=1, max_size=40),
-    st.sampled_from([b"\xed\xa0\x80", b"\x00", b"..", b"secret-run", b"A" * 20_000, "é".encode()]),
+    # (at most 5,000 bytes: two segments percent-encoded stay under httpx's 64 KiB URL limit)
+    st.sampled_from([b"\xed\xa0\x80", b"\x00", b"..", b"secret-run", b"A" * 5_000, "é".encode()]),
 )
 credentials = st.one_of(
     st.sampled_from(["team-a", "team-b", "ops", None]),  # a tenant's key, an admin's, none
-    st.sampled_from(["Bearer", "Basic dGVhbTph", "Bearer " + "k" * 100_000, "bearer  x y", "Bearer team-a"]),
+    st.sampled_from(["Bearer", "Basic dGVhbTph", "Bearer " + "k" * 10_000, "bearer  x y", "Bearer team-a"]),
 )
 
 
