@@ -1,6 +1,6 @@
 """Where the remote path's time goes: the service's own CPU per request beside the engine's.
 
-    python bench/profile_remote.py             # ~10 min on 2 CPU cores; needs vLLM (make bench-peers)
+    python bench/profile_remote.py             # ~27 min on 2 CPU cores; needs vLLM (make bench-peers)
     python bench/profile_remote.py --py-spy    # also a py-spy profile of the service process
 
 One vLLM OpenAI server and one rlme service (`backend: remote`, one `request_shape`) in
@@ -138,8 +138,8 @@ async def measure(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workloads", nargs="+", default=["short", "prompt1000"], choices=list(WORKLOADS))
-    parser.add_argument("--shape", default="batched", choices=["auto", "waves", "batched", "per_evaluation"])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--shape", default="auto", choices=["auto", "waves", "batched", "per_evaluation"])
     parser.add_argument("--py-spy", action="store_true", help="profile the service during the timed requests")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "profile_remote.json")
     args = parser.parse_args()
