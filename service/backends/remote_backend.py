@@ -34,7 +34,6 @@ import os
 import time
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,14 @@ from rlme.service.backends.base import (
     logsumexp,
     until_deadline,
 )
+from rlme.service.backends.replicas import (
+    KEEPALIVE_EXPIRY_S,
+    Replica,
+    ReplicaBusy,
+    ReplicaError,
+    ReplicaMismatch,
+    send,
+)
 from rlme.service.backends.request_shapes import WARM_UP, ShapeChooser
 from rlme.service.model_store import resolve_model
 from rlme.service.prompting import SAMPLE_ITEM, SAMPLE_QUESTION, encode, label_tokens, render
@@ -61,52 +68,6 @@ from rlme.service.settings import EvaluatorConfig, RemoteOptions
 log = logging.getLogger(__name__)
 
 _HEALTH_TIMEOUT_S = 5.0
-# uvicorn, under vLLM's API server, closes a keep-alive connection idle for 5 s (the health
-# check's own interval, and httpx's default expiry): our pool drops idle ones after 2 s, and
-# a request that still meets one closed under it fails at once with one of these. It is sent
-# again once; a failure after work may have been done (a body cut off after STALE_WITHIN_S),
-# and a timeout, are never resent: they count against the replica.
-_STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
-KEEPALIVE_EXPIRY_S = 2.0
-STALE_WITHIN_S = 0.5
-
-
-async def _send(client: httpx.AsyncClient, method: str, url: str, **options: Any) -> httpx.Response:
-    started = time.monotonic()
-    try:
-        return await client.request(method, url, **options)
-    except _STALE_CONNECTION as exc:
-        if time.monotonic() - started > STALE_WITHIN_S:
-            raise
-        log.debug("%s %s met a closed connection (%r); sending it again", method, url, exc)
-        return await client.request(method, url, **options)
-
-
-class ReplicaError(Exception):
-    """The replica could not answer; the work may succeed on another one."""
-
-
-class ReplicaBusy(ReplicaError):
-    """The replica answered 429/408: back off and try again, but it is not broken."""
-
-
-class ReplicaMismatch(ValueError):
-    """The replica serves a different tokenizer or model; it must not be used."""
-
-
-@dataclass
-class Replica:
-    url: str
-    limit: asyncio.Semaphore
-    up: bool = False
-    rejected: bool = False  # serves another tokenizer or model: never used
-    model: str | None = None
-    max_model_len: int | None = None
-    problem: str = "not checked yet"
-    key: bytes = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.key = self.url.encode()
 
 
 class RemoteBackend(EventLoopState):
@@ -213,7 +174,7 @@ class RemoteBackend(EventLoopState):
         try:
             client = self._require(self._client)
             path = self.options.health_path
-            answer = await _send(client, "GET", f"{replica.url}{path}", timeout=_HEALTH_TIMEOUT_S)
+            answer = await send(client, "GET", f"{replica.url}{path}", timeout=_HEALTH_TIMEOUT_S)
             if answer.status_code != 200:
                 raise ReplicaError(f"{path} answered {answer.status_code}")
             if not replica.up:  # new, or back: it may have restarted with another model
@@ -231,7 +192,7 @@ class RemoteBackend(EventLoopState):
     async def _verify(self, replica: Replica) -> None:
         """Served model and tokenization, the labels' included."""
         client = self._require(self._client)
-        models = (await _send(client, "GET", f"{replica.url}/v1/models", timeout=_HEALTH_TIMEOUT_S)).json()
+        models = (await send(client, "GET", f"{replica.url}/v1/models", timeout=_HEALTH_TIMEOUT_S)).json()
         models = models["data"]
         served = [m["id"] for m in models]
         wanted = self.options.served_model
@@ -247,7 +208,7 @@ class RemoteBackend(EventLoopState):
         label_texts = [self._tokenizer.decode([i]) for i in (*labels.yes_ids, *labels.no_ids)]
         for text in [sample, *label_texts]:
             body = {"model": replica.model, "prompt": text, "add_special_tokens": False}
-            answer = await _send(
+            answer = await send(
                 client, "POST", f"{replica.url}/tokenize", json=body, timeout=_HEALTH_TIMEOUT_S
             )
             if answer.status_code == 404:
@@ -429,7 +390,7 @@ class RemoteBackend(EventLoopState):
         client = self._require(self._client)
         async with replica.limit:
             try:
-                answer = await _send(client, "POST", f"{replica.url}/v1/completions", json=body)
+                answer = await send(client, "POST", f"{replica.url}/v1/completions", json=body)
             except httpx.TransportError as exc:  # refused, reset, timed out
                 raise ReplicaError(repr(exc)) from exc
         if answer.status_code in (408, 429):
